@@ -1,0 +1,1 @@
+"""The coordinator and the ``spotrain`` command line: job spec, Ray trainer, run lifecycle."""
