@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JOB ?= examples/digits.yaml
+# Local runs and tests keep Ray on loopback (read by Ray at import; see tests/conftest.py).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 
 .PHONY: setup run test test-fast lint bench clean
 

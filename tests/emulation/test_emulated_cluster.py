@@ -1,0 +1,148 @@
+"""Faults injected into a real multi-raylet Ray cluster reach real Ray Train workers.
+
+The training loop is plain Python under Ray Train V2's DataParallelTrainer (no TensorFlow), so
+these tests pin the cluster mechanics alone: a SIGKILLed worker makes Ray Train restart the
+worker group, and a drained node reaches every worker as ``ray.train.get_preemption_info()``.
+"""
+
+import os
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; before ray
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from cluster.emulated_cluster import EmulatedCluster, EmulationError
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(predicate, timeout_s=60.0, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _loop(config):
+    """Rank 0 records each attempt; every rank polls the preemption notice until told to stop."""
+    import json
+    import time
+    import uuid
+    from pathlib import Path
+
+    import ray.train
+
+    out = Path(config["dir"])
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
+        (out / f"attempt-{uuid.uuid4().hex}").touch()
+    while not (out / "stop").exists():
+        info = ray.train.get_preemption_info()  # a barrier: every rank calls it equally often
+        if info is not None:
+            (out / f"notice-{rank}.json").write_text(
+                json.dumps(
+                    {
+                        "ranks": info.preempted_ranks,
+                        "nodes": info.preempted_node_ids,
+                        "deadline_ms": info.deadline_ms,
+                    }
+                )
+            )
+            return
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    with EmulatedCluster(nodes=2) as cluster:
+        ray.init(address=cluster.address)
+        try:
+            yield cluster
+        finally:
+            ray.shutdown()
+
+
+def _fit_in_thread(tmp_path: Path, max_failures: int) -> threading.Thread:
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    trainer = DataParallelTrainer(
+        _loop,
+        train_loop_config={"dir": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(
+            name=f"chaos-{tmp_path.name}",
+            storage_path=str(tmp_path / "ray"),
+            failure_config=FailureConfig(max_failures=max_failures),
+        ),
+    )
+    errors: list[BaseException] = []
+
+    def fit():
+        try:
+            trainer.fit()
+        except BaseException as exc:  # surfaced by the test through thread.errors
+            errors.append(exc)
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def _attempts(path: Path) -> int:
+    return len(list(path.glob("attempt-*")))
+
+
+def test_killed_worker_makes_ray_train_restart_the_group(emulated, tmp_path):
+    fit = _fit_in_thread(tmp_path, max_failures=1)
+    _wait_for(lambda: _attempts(tmp_path) == 1, what="first attempt")
+    _wait_for(lambda: sum(map(len, emulated.train_worker_pids().values())) == 2, what="2 workers")
+
+    killed = emulated.kill_worker()
+
+    _wait_for(lambda: _attempts(tmp_path) == 2, timeout_s=90, what="restarted attempt")
+    live = [pid for pids in emulated.train_worker_pids().values() for pid in pids]
+    assert killed not in live
+    (tmp_path / "stop").touch()
+    fit.join(timeout=60)
+    assert not fit.is_alive() and fit.errors == []
+
+
+def test_drained_node_reaches_every_rank_as_a_preemption_notice(emulated, tmp_path):
+    fit = _fit_in_thread(tmp_path, max_failures=0)
+    _wait_for(lambda: len(emulated.train_worker_pids()) == 2, what="workers on both nodes")
+    drained = emulated.drain_node(deadline_s=30)
+
+    notices = _wait_for(
+        lambda: sorted(tmp_path.glob("notice-*.json")) if len(list(tmp_path.glob("notice-*"))) == 2 else None,
+        timeout_s=30,
+        what="preemption notice on both ranks",
+    )
+    seen = {p.read_text() for p in notices}
+    assert len(seen) == 1, f"every rank must see the same notice; saw {seen}"
+    notice = json.loads(seen.pop())
+    assert notice["nodes"] == [drained]
+    assert len(notice["ranks"]) == 1
+    assert notice["deadline_ms"] / 1000 > time.time()
+    fit.join(timeout=60)
+    assert not fit.is_alive()
+
+
+def test_kill_node_and_add_node_change_capacity(emulated):
+    before = emulated.worker_node_ids()
+    removed = emulated.kill_node(before[-1])
+    assert removed not in emulated.worker_node_ids()
+    added = emulated.add_node()
+    assert added in emulated.worker_node_ids()
+    with pytest.raises(EmulationError, match="not a live worker node"):
+        emulated.kill_node(removed)
