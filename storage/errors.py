@@ -3,9 +3,13 @@
 ``SpotrainError`` is the one base class. Errors are split into *retryable* ones (infrastructure:
 preemption, lost node, transient storage faults) and *deterministic* ones (bad input, user code,
 permanent storage faults), so callers decide to retry on the type alone.
+
+Every error that carries fields defines ``__reduce__`` so it pickles across Ray actors.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class SpotrainError(Exception):
@@ -19,3 +23,77 @@ class RetryableError(SpotrainError):
     """An infrastructure fault: the same operation may succeed later."""
 
     retryable = True
+
+
+class InvalidNameError(SpotrainError, ValueError):
+    """A run name, event kind, step number or file path that storage refuses (never retryable)."""
+
+
+class CheckpointStateError(SpotrainError, ValueError):
+    """The caller's training state or checkpoint directory cannot be committed as given."""
+
+
+class StorageError(SpotrainError):
+    """Base of storage faults. ``url`` is the redacted URL involved (never carries secrets)."""
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url))
+
+
+class TransientStorageError(StorageError, RetryableError):
+    """Storage kept failing with transient faults (timeouts, 5xx, throttling) after retries."""
+
+    retryable = True
+
+
+class PermanentStorageError(StorageError):
+    """Storage refused the operation for good (no such bucket, access denied, disk full...)."""
+
+    retryable = False
+
+
+class CorruptCheckpointError(StorageError):
+    """A committed step whose manifest or files do not verify (size or sha256 mismatch, missing)."""
+
+
+class NoValidCheckpointError(StorageError):
+    """No committed step could be restored (none committed, or every candidate was corrupt)."""
+
+    def __init__(
+        self, message: str, url: str | None = None, tried: tuple[int, ...] | list[int] = ()
+    ) -> None:
+        super().__init__(message, url)
+        self.tried = tuple(tried)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url, self.tried))
+
+
+class CommitTimeoutError(RetryableError, TimeoutError):
+    """A background checkpoint commit did not finish within the allowed time."""
+
+
+class LeaseHeldError(StorageError):
+    """Another holder owns the run's lease; ``holder`` and ``expires_at`` (unix s) say who/when."""
+
+    def __init__(
+        self,
+        message: str,
+        url: str | None = None,
+        holder: str | None = None,
+        expires_at: float | None = None,
+    ) -> None:
+        super().__init__(message, url)
+        self.holder = holder
+        self.expires_at = expires_at
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url, self.holder, self.expires_at))
+
+
+class LeaseLostError(LeaseHeldError):
+    """This holder's lease expired or was taken over; stop driving the run."""

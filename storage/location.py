@@ -1,0 +1,269 @@
+"""Run URLs: validation, redaction, and the one object that owns every path of a run.
+
+A run lives under one fsspec URL (``file://``, a bare local path, ``memory://``, ``s3://``,
+``gs://``...). Layout::
+
+    <run>/run.json                      spec + fingerprint
+    <run>/events/<seq>-<kind>.json      one object per event
+    <run>/lease.json                    holder + expiry
+    <run>/checkpoints/<step:012d>/...   files, then MANIFEST.json last (= the commit)
+
+Credentials are taken from ``storage_options``, the environment or fsspec config, and never
+appear in logs or errors: :func:`redact_url` strips user info and secret query parameters, and
+:meth:`RunLocation.redact` also masks every secret value found in ``storage_options``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fsspec.core import split_protocol, url_to_fs
+from fsspec.spec import AbstractFileSystem
+
+from storage.constants import MANIFEST_NAME, MAX_STEP, STEP_DIGITS
+from storage.errors import InvalidNameError
+
+#: Run names: lowercase letters, digits, '-', '_', '.'; start with a letter or digit; no '..'.
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_SECRET_WORDS = ("secret", "token", "password", "passwd", "signature", "credential", "sig", "key")
+_REDACTED = "***"
+
+
+def validate_name(name: str, what: str = "run name") -> str:
+    """Return ``name`` if it is a safe single path component, else raise InvalidNameError."""
+    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        raise InvalidNameError(
+            f"{what}={name!r} is not allowed; fix: use 1-128 characters from [a-z0-9._-], "
+            "starting with a letter or digit, without '..', '/' or '\\\\' (e.g. 'digits-mlp')"
+        )
+    return name
+
+
+def validate_step(step: Any) -> int:
+    """Return ``step`` if it is an int in [0, 10**12), else raise InvalidNameError."""
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
+        raise InvalidNameError(
+            f"step={step!r} is not allowed; fix: pass an int between 0 and {MAX_STEP}"
+        )
+    return step
+
+
+def validate_relpath(path: str) -> str:
+    """A file path inside a checkpoint: relative, '/'-separated, no '..' or empty parts."""
+    parts = path.split("/")
+    if (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or any(p in ("", ".", "..") for p in parts)
+        or re.match(r"^[A-Za-z]:", path)
+    ):
+        raise InvalidNameError(
+            f"checkpoint file path={path!r} is not allowed; fix: relative paths inside the "
+            "checkpoint directory only, without '..' or empty components"
+        )
+    return path
+
+
+def step_dirname(step: int) -> str:
+    return f"{validate_step(step):0{STEP_DIGITS}d}"
+
+
+def parse_step_dirname(name: str) -> int | None:
+    """The step of a ``<step:012d>`` directory name, or None for anything else."""
+    if len(name) == STEP_DIGITS and name.isdigit():
+        return int(name)
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info (``user:pass@``) and with secret-looking query values masked."""
+    if not isinstance(url, str) or "://" not in url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = _REDACTED + "@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, _REDACTED if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs],
+            safe="*",
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _secret_values(options: Any, key: str = "") -> Iterable[str]:
+    """Every string value in ``options`` stored under a secret-looking key (recursively)."""
+    if isinstance(options, Mapping):
+        for k, v in options.items():
+            yield from _secret_values(v, str(k))
+    elif isinstance(options, (list, tuple)):
+        for v in options:
+            yield from _secret_values(v, key)
+    elif (
+        isinstance(options, str)
+        and len(options) >= 4  # shorter values would erase ordinary words from messages
+        and any(w in key.lower() for w in _SECRET_WORDS)
+    ):
+        yield options
+
+
+def join_run_url(base: str, name: str) -> str:
+    """The run URL of run ``name`` under ``base`` (``file://./runs`` -> ``file://./runs/name``)."""
+    validate_name(name)
+    if not base:
+        raise InvalidNameError(
+            "storage base URL is empty; fix: pass e.g. 'file://./runs' or 's3://bucket/runs'"
+        )
+    return base.rstrip("/") + "/" + name
+
+
+@dataclass
+class RunLocation:
+    """Every path of one run, on one fsspec filesystem.
+
+    Build with :meth:`from_url`. ``url`` is redacted (safe to log); ``root`` is the path of the
+    run on ``fs`` (no protocol).
+    """
+
+    fs: AbstractFileSystem
+    root: str
+    url: str
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        fs: AbstractFileSystem | None = None,
+    ) -> RunLocation:
+        """Resolve ``url`` with fsspec. ``fs`` (optional) replaces the resolved filesystem, e.g.
+        a fault-injecting wrapper in tests; ``root`` is then ``fs._strip_protocol(url)``."""
+        if not isinstance(url, str) or not url.strip():
+            raise InvalidNameError(
+                f"run url={url!r} is empty; fix: pass e.g. 'file://./runs/my-run' or "
+                "'s3://bucket/runs/my-run'"
+            )
+        options = dict(storage_options or {})
+        secrets = tuple(sorted(set(_secret_values(options)), key=len, reverse=True))
+        protocol, _ = split_protocol(url)
+        if fs is None:
+            if protocol in (None, "file", "local") and "auto_mkdir" not in options:
+                options["auto_mkdir"] = True
+            fs, root = url_to_fs(url, **options)
+        else:
+            root = fs._strip_protocol(url)
+        root = root.rstrip("/")
+        parts = [p for p in root.split("/") if p]
+        if ".." in root.split("/") or not parts:
+            raise InvalidNameError(
+                f"run url={redact_url(url)!r} resolves to root {root!r}; fix: point it at a "
+                "dedicated run directory below a base, without '..' (use join_run_url)"
+            )
+        return cls(fs=fs, root=root, url=redact_url(url), secrets=secrets)
+
+    # -- paths -----------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    @property
+    def run_json(self) -> str:
+        return self.path("run.json")
+
+    @property
+    def events_dir(self) -> str:
+        return self.path("events")
+
+    @property
+    def lease_path(self) -> str:
+        return self.path("lease.json")
+
+    @property
+    def checkpoints_dir(self) -> str:
+        return self.path("checkpoints")
+
+    def step_dir(self, step: int) -> str:
+        return self.path("checkpoints", step_dirname(step))
+
+    def manifest_path(self, step: int) -> str:
+        return self.step_dir(step) + "/" + MANIFEST_NAME
+
+    def display(self, path: str) -> str:
+        """A loggable form of ``path`` (a path on ``fs``): the redacted URL plus the suffix."""
+        if path.startswith(self.root):
+            return self.url.rstrip("/") + path[len(self.root) :]
+        return self.redact(path)
+
+    # -- facts about the backend ---------------------------------------------------------------
+    @property
+    def protocol(self) -> str:
+        proto = self.fs.protocol
+        return proto if isinstance(proto, str) else proto[0]
+
+    @property
+    def is_local(self) -> bool:
+        return self.protocol in ("file", "local")
+
+    def check_writable(self) -> None:
+        """Write and delete a probe object under the run; PermanentStorageError (with the fix)
+        or TransientStorageError if that fails. Call it once before starting a run."""
+        from storage.retry import RetryOptions, call_with_retry
+
+        probe = self.path(f".spotrain-probe-{uuid.uuid4().hex}")
+
+        def write_and_delete() -> None:
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm(probe)
+
+        call_with_retry(
+            write_and_delete,
+            what="write probe",
+            url=self.url,
+            options=RetryOptions(),
+            redact=self.redact,
+        )
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret of ``storage_options`` and URL credentials masked."""
+        for secret in self.secrets:
+            text = text.replace(secret, _REDACTED)
+        return _redact_urls_in(text)
+
+
+_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
+
+
+def _redact_urls_in(text: str) -> str:
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def redact_text(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
+    """Mask URL credentials and ``storage_options`` secrets in free text (logs, messages)."""
+    for secret in sorted(set(_secret_values(dict(storage_options or {}))), key=len, reverse=True):
+        text = text.replace(secret, _REDACTED)
+    return _redact_urls_in(text)
+
+
+__all__ = [
+    "NAME_RE",
+    "RunLocation",
+    "join_run_url",
+    "parse_step_dirname",
+    "redact_text",
+    "redact_url",
+    "step_dirname",
+    "validate_name",
+    "validate_relpath",
+    "validate_step",
+]

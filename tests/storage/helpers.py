@@ -1,0 +1,30 @@
+"""Small helpers for storage tests (imported as tests.storage.helpers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def make_checkpoint(
+    root: Path, sizes: dict[str, int] | None = None, seed: int = 0
+) -> dict[str, bytes]:
+    """Write files of the given sizes (random bytes) under ``root``; return their contents."""
+    sizes = sizes or {"weights.data-00000-of-00001": 3000, "weights.index": 200, "sub/opt.bin": 50}
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, (rel, size) in enumerate(sorted(sizes.items())):
+        data = os.urandom(size) if seed == 0 else bytes((seed + i + j) % 251 for j in range(size))
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+        out[rel] = data
+    return out
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
