@@ -94,7 +94,7 @@ class EmulatedCluster:
         )
         by_node: dict[str, list[int]] = {}
         for actor in actors:
-            if actor.pid:
+            if actor.pid and actor.node_id:
                 by_node.setdefault(actor.node_id, []).append(int(actor.pid))
         return by_node
 
@@ -129,11 +129,14 @@ class EmulatedCluster:
         from ray.core.generated import autoscaler_pb2
 
         node = self._pick_node(node_id)
-        gcs = ray._raylet.GcsClient(address=self.address)
+        gcs = ray._raylet.GcsClient(address=self.address)  # type: ignore[attr-defined]
         deadline_ms = int((time.time() + deadline_s) * 1000)
+        reason = autoscaler_pb2.DrainNodeReason.Value(  # type: ignore[attr-defined]
+            "DRAIN_NODE_REASON_PREEMPTION"
+        )
         accepted, why = gcs.drain_node(
             node.node_id,
-            autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),
+            reason,
             "spotrain chaos: spot reclaim",
             deadline_ms,
         )

@@ -1,0 +1,509 @@
+"""The coordinator: drives one run through its lifecycle, one transition per :meth:`step`.
+
+It holds the run's lease (renewed by a thread), persists every state and attempt in the run
+record, runs attempts through an :class:`AttemptRunner` (Ray's TensorflowTrainer by default,
+see :mod:`cluster.ray_runner`) and decides RESTART / RAISE with a
+:class:`cluster.failure_policy.FailurePolicy`. Tests drive it with a fake runner, one
+``step()`` at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cluster import constants
+from cluster.errors import DriverPreempted, UserCodeFailure
+from cluster.failure_policy import (
+    Classified,
+    Decision,
+    FailureKind,
+    FailurePolicy,
+    Verdict,
+    classify,
+    options_from_spec,
+)
+from cluster.spec import JobSpec, absolute_run_url
+from cluster.state import (
+    Failed,
+    Pending,
+    Preempted,
+    Resuming,
+    Running,
+    RunState,
+    State,
+    Succeeded,
+    check_transition,
+    last_state,
+    record_state,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CoordinatorOptions:
+    """Settings of one coordinator (one ``spotrain run`` process).
+
+    Attributes:
+        address: Ray address to join; None = ``RAY_ADDRESS`` or an embedded local Ray.
+        lease_ttl_s: lease lifetime; a SIGKILLed driver blocks the next run this long at most.
+        lease_renew_s: renewal period (well below ``lease_ttl_s``).
+        sigterm_grace_s: on SIGTERM, wait at most this long for the emergency checkpoint.
+        backoff_override_s: replaces the spec's ``failures.backoff_s`` (tests, env
+            ``SPOTRAIN_BACKOFF_S``).
+        holder_id: lease holder name (default ``host:pid:random``).
+        verbose: show Ray's worker logs on the driver.
+    """
+
+    address: str | None = None
+    lease_ttl_s: float = constants.DEFAULT_LEASE_TTL_S
+    lease_renew_s: float = constants.DEFAULT_LEASE_RENEW_S
+    sigterm_grace_s: float = constants.DEFAULT_SIGTERM_GRACE_S
+    backoff_override_s: float | None = constants.BACKOFF_OVERRIDE_S
+    holder_id: str = field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    )
+    verbose: bool = False
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """What a runner needs for one attempt."""
+
+    spec: JobSpec
+    run_url: str
+    attempt: int
+    counts: dict[str, int]
+    stop: threading.Event
+    options: CoordinatorOptions
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    global_step: int | None = None
+
+
+class AttemptRunner(Protocol):
+    """Runs one attempt to its end. Returns on success; raises what went wrong otherwise.
+
+    When ``ctx.stop`` is set (driver SIGTERM) it asks the workers for an emergency save, waits
+    for the commit within ``ctx.options.sigterm_grace_s`` and raises ``DriverPreempted``.
+    """
+
+    def run(self, ctx: AttemptContext) -> AttemptResult: ...
+
+    def close(self) -> None: ...
+
+
+class LeaseKeeper:
+    """Acquires the run's lease and renews it from a daemon thread until released."""
+
+    def __init__(
+        self,
+        run_url: str,
+        storage_options: dict[str, Any],
+        options: CoordinatorOptions,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        from storage.lease import Lease
+
+        self.on_lost = on_lost
+        self.lease = Lease(
+            run_url, options.holder_id, options.lease_ttl_s, storage_options=storage_options or None
+        )
+        self.renew_s = options.lease_renew_s
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        self.lease.acquire()  # raises LeaseHeldError(holder, expires_at)
+        self._thread = threading.Thread(target=self._renew_loop, name="spotrain-lease", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        from storage.errors import LeaseHeldError
+
+        while not self._stop.wait(self.renew_s):
+            try:
+                self.lease.renew()
+            except LeaseHeldError:
+                logger.error("lost the run's lease (another coordinator took it over); stopping")
+                self.lost.set()
+                if self.on_lost is not None:
+                    self.on_lost()
+                return
+            except Exception:  # thread boundary: keep renewing through transient faults
+                logger.warning("could not renew the run's lease; retrying", exc_info=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        try:
+            self.lease.release()
+        except Exception:  # process boundary: the lease expires by itself anyway
+            logger.warning("could not release the run's lease; it expires by itself", exc_info=True)
+
+
+def count_budgets(events: list[Any]) -> dict[str, int]:
+    """Failures already charged to each budget in this run (one per interrupted attempt)."""
+    from cluster.status import interruptions
+
+    counts = {"preemptions": 0, "failures": 0, "storage": 0}
+    for ev in interruptions(events):
+        if ev.kind == "preemption":
+            counts["preemptions"] += 1
+        elif ev.kind == "failure":
+            kind = ev.payload.get("failure_kind")
+            if kind == FailureKind.STORAGE_TRANSIENT.value:
+                counts["storage"] += 1
+            elif kind in (FailureKind.LOST.value, FailureKind.INTERNAL.value):
+                counts["failures"] += 1
+    return counts
+
+
+class Coordinator:
+    """Drives one run. ``start()`` once, then ``step()`` until :meth:`done`; or just ``run()``."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        options: CoordinatorOptions | None = None,
+        runner: AttemptRunner | None = None,
+        *,
+        record: Any = None,
+        store: Any = None,
+        lease: Any = None,
+        sleep: Callable[[float], bool] | None = None,
+    ) -> None:
+        from storage.checkpoints import CheckpointStore
+        from storage.run_record import RunRecord
+
+        self.spec = spec
+        self.options = options or CoordinatorOptions()
+        self.run_url = absolute_run_url(spec.run_url)
+        opts = spec.storage_options or None
+        self.record = (
+            record if record is not None else RunRecord(self.run_url, storage_options=opts)
+        )
+        self.store = (
+            store if store is not None else CheckpointStore(self.run_url, storage_options=opts)
+        )
+        self._lease = lease
+        self._runner = runner
+        self.stop_requested = threading.Event()
+        self._sleep = sleep or (lambda s: self.stop_requested.wait(s))
+        self.state: State = Pending()
+        self.policy = FailurePolicy(
+            options_from_spec(spec.failures, self.options.backoff_override_s)
+        )
+        self.attempt = 0
+        self._fresh_start = True
+        #: A new coordinator on a FAILED run retries it once (the user may have fixed the cause).
+        self._resume_failed = False
+        self.last_verdict: Verdict | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def runner(self) -> AttemptRunner:
+        if self._runner is None:
+            from cluster.ray_runner import RayAttemptRunner
+
+            self._runner = RayAttemptRunner()
+        return self._runner
+
+    def _prefix(self) -> str:
+        return f"[run={self.spec.name} attempt={self.attempt}] "
+
+    def start(self) -> State:
+        """Take the lease (raises ``LeaseHeldError``) and load the run's state from storage."""
+        if self._lease is None:
+            self._lease = LeaseKeeper(
+                self.run_url, self.spec.storage_options, self.options, on_lost=self.request_stop
+            )
+        self._lease.acquire()
+        persisted = last_state(self.record)
+        if persisted is None or persisted.kind is not RunState.SUCCEEDED:
+            # A finished run keeps the spec it ran with (status reads it).
+            previous_spec = self.record.read_spec()
+            fingerprint = self.record.write_spec(self.spec.to_dict())
+            if previous_spec and previous_spec.get("fingerprint") != fingerprint:
+                logger.warning(
+                    "%sthe job spec changed since the run started; resuming with the new spec",
+                    self._prefix(),
+                )
+        events = self.record.events()
+        self.policy.counts.update(count_budgets(events))
+        self.attempt = sum(1 for e in events if e.kind == "attempt_start")
+        if persisted is None:
+            self.state = Pending()
+            record_state(self.record, self.state)
+        elif persisted.kind in (RunState.RUNNING, RunState.RESUMING):
+            # The previous coordinator vanished (its lease expired): a driver preemption.
+            latest = self._latest_step()
+            self.record.append_event(
+                "preemption",
+                attempt=self.attempt,
+                failure_kind="preemption",
+                source="driver_lost",
+                message="the previous coordinator stopped without recording an outcome",
+                last_committed_step=latest,
+                decision="RESTART",
+            )
+            self.policy.counts["preemptions"] += 1
+            self.state = Preempted(
+                attempt=self.attempt, reason="driver_lost", message="previous coordinator lost"
+            )
+            record_state(self.record, self.state)
+        else:
+            self.state = persisted
+            self._resume_failed = persisted.kind is RunState.FAILED
+        if self.state.kind is RunState.PREEMPTED and getattr(self.state, "stop", False):
+            # The previous driver stopped on SIGTERM; this one resumes.
+            self.state = Preempted(
+                attempt=self.attempt, reason=getattr(self.state, "reason", "preemption")
+            )
+        logger.info("%sstarting from state %s", self._prefix(), self.state.kind.value)
+        return self.state
+
+    def close(self) -> None:
+        if self._runner is not None:
+            try:
+                self._runner.close()
+            except Exception:  # process boundary
+                logger.warning("closing the attempt runner failed", exc_info=True)
+        if self._lease is not None:
+            self._lease.release()
+
+    def request_stop(self) -> None:
+        """SIGTERM: save and stop (the runner does the emergency save)."""
+        self.stop_requested.set()
+
+    def done(self) -> bool:
+        if self.state.kind is RunState.FAILED and self._resume_failed:
+            return False
+        return self.state.is_terminal or (
+            self.state.kind is RunState.PREEMPTED and getattr(self.state, "stop", False)
+        )
+
+    def run(self) -> State:
+        """``start()`` must have been called. Steps until terminal or stopped."""
+        while not self.done():
+            self.step()
+        return self.state
+
+    # -- transitions -------------------------------------------------------------------------
+    def _go(self, new: State) -> tuple[State, State]:
+        previous = self.state
+        check_transition(previous.kind, new.kind)
+        record_state(self.record, new)
+        self.state = new
+        logger.info("%s%s -> %s", self._prefix(), previous.kind.value, new.kind.value)
+        return previous, new
+
+    def _latest_step(self) -> int | None:
+        steps = self.store.committed_steps()
+        return steps[-1] if steps else None
+
+    def _finished_checkpoint(self) -> Any:
+        latest = self.store.latest()
+        if latest is not None and latest.state.get("finished"):
+            return latest
+        return None
+
+    def step(self) -> tuple[State, State]:
+        """One transition; returns (previous, next)."""
+        s = self.state
+        if self.done():
+            return s, s
+        if s.kind is RunState.PENDING:
+            return self._start_attempt()
+        if s.kind in (RunState.PREEMPTED, RunState.FAILED):
+            if self.stop_requested.is_set():
+                return self._stop_now(s)
+            self._resume_failed = False
+            backoff = 0.0 if self._fresh_start else self.policy.backoff_s()
+            if backoff > 0:
+                logger.info("%swaiting %.1fs before restarting", self._prefix(), backoff)
+                if self._sleep(backoff) or self.stop_requested.is_set():
+                    return self._stop_now(s)
+            self._fresh_start = False
+            return self._go(Resuming(attempt=self.attempt + 1, backoff_s=round(backoff, 3)))
+        if s.kind is RunState.RESUMING:
+            return self._start_attempt()
+        if s.kind is RunState.RUNNING:
+            return self._run_attempt()
+        raise AssertionError(f"unhandled state {s.kind}")  # pragma: no cover
+
+    def _stop_now(self, s: State) -> tuple[State, State]:
+        # A stop while waiting between attempts: nothing runs, the last commit stands.
+        if s.kind is RunState.FAILED:
+            self._resume_failed = False  # stay FAILED; the next `spotrain run` retries
+            return s, s
+        new = Preempted(
+            attempt=self.attempt, reason="preemption", stop=True, message="driver received SIGTERM"
+        )
+        record_state(self.record, new)  # PREEMPTED -> PREEMPTED(stop): same state, new payload
+        self.state = new
+        return s, new
+
+    def _start_attempt(self) -> tuple[State, State]:
+        self._fresh_start = False
+        finished = self._finished_checkpoint()
+        self.attempt += 1
+        latest = self._latest_step()
+        if finished is not None:
+            # Training ended but the previous coordinator died before recording it.
+            self._go(Running(attempt=self.attempt, from_step=latest))
+            return self._succeed(finished.state.get("global_step", finished.step))
+        self.record.append_event(
+            "attempt_start", attempt=self.attempt, source="driver", from_step=latest
+        )
+        return self._go(Running(attempt=self.attempt, from_step=latest))
+
+    def _succeed(self, global_step: int | None) -> tuple[State, State]:
+        prev = self.state
+        self._go(Succeeded(attempt=self.attempt, global_step=global_step))
+        return prev, self.state
+
+    def _run_attempt(self) -> tuple[State, State]:
+        ctx = AttemptContext(
+            spec=self.spec,
+            run_url=self.run_url,
+            attempt=self.attempt,
+            counts=dict(self.policy.counts),
+            stop=self.stop_requested,
+            options=self.options,
+        )
+        started = time.time()
+        try:
+            result = self.runner.run(ctx)
+        except DriverPreempted as exc:
+            latest = self._latest_step()
+            self.record.append_event(
+                "attempt_end",
+                attempt=self.attempt,
+                outcome="preempted",
+                duration_s=time.time() - started,
+            )
+            self.record.append_event(
+                "preemption",
+                attempt=self.attempt,
+                failure_kind="preemption",
+                source="driver_sigterm",
+                message=str(exc),
+                last_committed_step=latest,
+                decision="STOP",
+            )
+            self.policy.counts["preemptions"] += 1
+            return self._go(
+                Preempted(attempt=self.attempt, reason="preemption", message=str(exc), stop=True)
+            )
+        except Exception as exc:  # process boundary of one attempt: everything is classified
+            return self._attempt_failed(exc, started)
+        self.record.append_event(
+            "attempt_end",
+            attempt=self.attempt,
+            outcome="succeeded",
+            duration_s=time.time() - started,
+        )
+        step = result.global_step
+        if step is None:
+            manifest = self.store.latest()
+            if manifest is not None:
+                step = manifest.state.get("global_step", manifest.step)
+        return self._succeed(step)
+
+    def _attempt_failed(self, exc: BaseException, started: float) -> tuple[State, State]:
+        failure = classify(exc)
+        # Ray's controller (cluster.ray_hooks) may already have decided RAISE and charged the
+        # budget; then its verdict stands and is not charged twice.
+        ray_verdict = self._ray_raise_event()
+        self.attempt = max(self.attempt, self._attempts_recorded())
+        if ray_verdict is not None:
+            verdict = Verdict(
+                decision=Decision.RAISE,
+                failure=Classified(
+                    FailureKind(ray_verdict.get("failure_kind", failure.kind.value)),
+                    ray_verdict.get("message", failure.message),
+                    ray_verdict.get("user_traceback", failure.user_traceback),
+                ),
+                budget=ray_verdict.get("budget", ""),
+            )
+            if not verdict.failure.user_traceback and failure.user_traceback:
+                verdict = Verdict(
+                    verdict.decision,
+                    Classified(
+                        verdict.failure.kind, verdict.failure.message, failure.user_traceback
+                    ),
+                    verdict.budget,
+                )
+        else:
+            self.policy.log_prefix = self._prefix()
+            verdict = self.policy.decide(failure)
+            kind = "preemption" if failure.kind is FailureKind.PREEMPTION else "failure"
+            payload: dict[str, Any] = {
+                "attempt": self.attempt,
+                "failure_kind": failure.kind.value,
+                "message": failure.message[-2000:],
+                "decision": verdict.decision.value,
+                "budget": verdict.budget,
+                "source": "driver",
+                "last_committed_step": self._latest_step(),
+            }
+            if failure.user_traceback:
+                payload["user_traceback"] = failure.user_traceback[-20000:]
+            self.record.append_event(kind, **payload)
+        self.last_verdict = verdict
+        self.record.append_event(
+            "attempt_end",
+            attempt=self.attempt,
+            outcome="failed",
+            failure_kind=verdict.failure.kind.value,
+            duration_s=time.time() - started,
+        )
+        if verdict.restart:
+            return self._go(
+                Preempted(
+                    attempt=self.attempt,
+                    reason=verdict.failure.kind.value,
+                    message=verdict.failure.message[-500:],
+                    budget=verdict.budget,
+                )
+            )
+        return self._go(
+            Failed(
+                attempt=self.attempt,
+                reason=verdict.failure.kind.value,
+                message=verdict.failure.message[-2000:],
+                user_traceback=verdict.failure.user_traceback[-20000:],
+                extra={"budget": verdict.budget},
+            )
+        )
+
+    def _attempts_recorded(self) -> int:
+        return sum(1 for e in self.record.events(kinds=["attempt_start"]))
+
+    def _ray_raise_event(self) -> dict[str, Any] | None:
+        events = self.record.events(kinds=["attempt_start", "failure", "preemption"])
+        for ev in reversed(events):
+            if ev.kind == "attempt_start":
+                return None
+            if ev.payload.get("source") == "ray" and ev.payload.get("decision") == "RAISE":
+                return dict(ev.payload)
+        return None
+
+
+def raise_for_user(state: State) -> None:
+    """Raise :class:`UserCodeFailure` for a FAILED state caused by the user (for library use)."""
+    if isinstance(state, Failed) and state.is_user_error:
+        raise UserCodeFailure(state.message, state.user_traceback)

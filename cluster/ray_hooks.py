@@ -1,0 +1,157 @@
+"""Pieces that run inside Ray Train's controller actor (imported only when Ray is used).
+
+- :class:`SpotrainRayFailurePolicy` replaces Ray Train's default failure policy so that Ray's own
+  worker-group restarts follow spotrain's classification: user-code errors RAISE at once (Ray's
+  default would retry them ``max_failures`` times), preemptions / lost workers / transient
+  storage faults RESTART within their budgets. Every decision is written to the run record
+  (``preemption`` or ``failure`` event, and ``attempt_start`` for the restart).
+- :class:`MetricsEventCallback` (a Ray Train ``UserCallback``) turns the chief's
+  ``ray.train.report`` metrics into ``metrics`` events (at every epoch change and at most every
+  ``DEFAULT_METRICS_EVENT_INTERVAL_S`` seconds), which ``spotrain status`` and ``--plot`` read.
+
+Ray Train 2.60 has no public hook for a custom failure policy; :func:`install_failure_policy`
+wraps ``_initialize_and_run_controller`` (checked on 2.60; falls back to Ray's policy with a
+warning if the hook is missing).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
+from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+from ray.train.v2.api.callback import UserCallback
+
+from cluster import constants
+from cluster.failure_policy import FailureKind, FailurePolicy, FailurePolicyOptions
+
+logger = logging.getLogger(__name__)
+
+# Shared between the callback and the policy inside one controller process.
+_LAST_REPORT: dict[str, dict[str, Any]] = {}
+_ATTEMPT: dict[str, int] = {}
+
+
+def _record(run_url: str, storage_options: dict[str, Any]) -> Any:
+    from storage.run_record import RunRecord
+
+    return RunRecord(run_url, storage_options=storage_options or None)
+
+
+class SpotrainRayFailurePolicy(RayFailurePolicy):
+    """Ray Train failure policy delegating to :class:`cluster.failure_policy.FailurePolicy`."""
+
+    def __init__(
+        self,
+        failure_config: Any,
+        run_url: str,
+        storage_options: dict[str, Any],
+        options: FailurePolicyOptions,
+        counts: dict[str, int],
+        attempt: int,
+    ) -> None:
+        super().__init__(failure_config)
+        self.run_url = run_url
+        self.storage_options = storage_options
+        self.policy = FailurePolicy(options=options, counts=dict(counts))
+        self.policy.log_prefix = f"[run={run_url} attempt={attempt}] "
+        self.attempt = attempt
+
+    def make_decision(self, training_failed_error: Any) -> FailureDecision:
+        verdict = self.policy.decide(training_failed_error)
+        last = _LAST_REPORT.get(self.run_url, {})
+        payload = {
+            "attempt": self.attempt,
+            "failure_kind": verdict.failure.kind.value,
+            "message": verdict.failure.message[-2000:],
+            "decision": verdict.decision.value,
+            "budget": verdict.budget,
+            "source": "ray",
+            "global_step": last.get("global_step"),
+            "last_committed_step": last.get("last_committed_step"),
+        }
+        if verdict.failure.user_traceback:
+            payload["user_traceback"] = verdict.failure.user_traceback[-20000:]
+        try:
+            rec = _record(self.run_url, self.storage_options)
+            kind = "preemption" if verdict.failure.kind is FailureKind.PREEMPTION else "failure"
+            rec.append_event(kind, **payload)
+            if verdict.restart:
+                self.attempt += 1
+                _ATTEMPT[self.run_url] = self.attempt
+                self.policy.log_prefix = f"[run={self.run_url} attempt={self.attempt}] "
+                rec.append_event("attempt_start", attempt=self.attempt, source="ray")
+        except Exception:  # process boundary: a failing record write must not kill the controller
+            logger.exception("could not record the failure decision in the run record")
+        # No backoff sleep here: the controller's loop is async and Ray restarts the worker
+        # group itself; backoff applies to the driver's restarts (cluster.coordinator).
+        return FailureDecision.RETRY if verdict.restart else FailureDecision.RAISE
+
+
+class MetricsEventCallback(UserCallback):
+    """Writes the chief's reported metrics as ``metrics`` events (per epoch + throttled)."""
+
+    def __init__(
+        self,
+        run_url: str,
+        storage_options: dict[str, Any],
+        attempt: int = 1,
+        interval_s: float | None = None,
+    ) -> None:
+        self.run_url = run_url
+        self.attempt = attempt
+        self.storage_options = storage_options
+        self.interval_s = (
+            constants.DEFAULT_METRICS_EVENT_INTERVAL_S if interval_s is None else interval_s
+        )
+        self._last_write = 0.0
+        self._last_epoch: Any = None
+        self._last_val: Any = None
+        self._record: Any = None
+
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
+        if not metrics:
+            return
+        chief = dict(metrics[0] or {})
+        _LAST_REPORT[self.run_url] = chief
+        epoch = chief.get("epoch")
+        now = time.time()
+        new_val = chief.get("val_loss") is not None and chief.get("val_loss") != self._last_val
+        if epoch == self._last_epoch and now - self._last_write < self.interval_s and not new_val:
+            return
+        self._last_epoch = epoch
+        self._last_val = chief.get("val_loss", self._last_val)
+        self._last_write = now
+        payload = {
+            k: v for k, v in chief.items() if isinstance(v, (int, float, str, bool)) or v is None
+        }
+        payload.setdefault("attempt", _ATTEMPT.get(self.run_url, self.attempt))
+        try:
+            if self._record is None:
+                self._record = _record(self.run_url, self.storage_options)
+            self._record.append_event("metrics", **payload)
+        except Exception:  # process boundary: metrics are best effort
+            logger.warning("could not write a metrics event", exc_info=True)
+
+
+def install_failure_policy(trainer: Any, policy: SpotrainRayFailurePolicy) -> bool:
+    """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default policy."""
+    original = getattr(trainer, "_initialize_and_run_controller", None)
+    if original is None:
+        logger.warning(
+            "this Ray version has no TensorflowTrainer._initialize_and_run_controller; user-code "
+            "errors will be retried by Ray up to failures.max_failures times"
+        )
+        return False
+
+    def run_with_policy(**kwargs: Any) -> Any:
+        if "failure_policy" in kwargs:
+            kwargs["failure_policy"] = policy
+        return original(**kwargs)
+
+    trainer._initialize_and_run_controller = run_with_policy
+    return True

@@ -1,0 +1,267 @@
+"""Runs one attempt on Ray: ``ray.train.tensorflow.TensorflowTrainer`` with spotrain's hooks.
+
+Embedded Ray (no ``--address``, no ``RAY_ADDRESS``): ``ray.init(address="local")`` with
+exactly the CPUs/GPUs the workers need, so a stale address file of a dead local cluster is never
+joined (DESIGN.md). With an address (or under ``ray job submit``, which sets ``RAY_ADDRESS``)
+it joins that cluster.
+
+Every Ray worker gets ``TF_USE_LEGACY_KERAS=1`` through the runtime env (before any import) and
+the job's working directory (``TrainJob.working_dir``; under ``ray job submit --working-dir``
+the workers' own copy of it, their current directory).
+
+Driver SIGTERM (embedded Ray only): the local node is drained with reason PREEMPTION and a
+deadline of ``sigterm_grace_s``, which Ray Train reports to every worker through
+``ray.train.get_preemption_info()``; the trainer saves at its next poll, commits, and ends the
+attempt. The driver waits for that commit (or the deadline) and raises ``DriverPreempted``. On a
+joined cluster the driver does not drain shared nodes: it stops and the last commit stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+from cluster import constants
+from cluster.coordinator import AttemptContext, AttemptResult
+from cluster.errors import DriverPreempted
+from cluster.failure_policy import options_from_spec
+
+logger = logging.getLogger(__name__)
+
+#: Ray Train would chdir workers into its run directory, breaking relative paths in user code.
+os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+#: ray.train.tensorflow imports TensorFlow in the driver too: tf-keras there as well.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class RayAttemptRunner:
+    """The default :class:`cluster.coordinator.AttemptRunner`."""
+
+    def __init__(self, poll_s: float = 0.5) -> None:
+        self.poll_s = poll_s
+        self.embedded = False
+        self._started_ray = False
+
+    # -- Ray session -------------------------------------------------------------------------
+    def ensure_ray(self, ctx: AttemptContext) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        # ray.init installs a C-level SIGTERM handler that aborts the driver (seen: exit -6,
+        # "*** SIGTERM received ***"); put the Python handlers back afterwards.
+        saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self._init(ray, ctx)
+        finally:
+            if threading.current_thread() is threading.main_thread():
+                for sig, handler in saved.items():
+                    if handler is not None:
+                        signal.signal(sig, handler)
+        self._started_ray = True
+
+    def _init(self, ray: Any, ctx: AttemptContext) -> None:
+        address = ctx.options.address or os.environ.get("RAY_ADDRESS") or None
+        level = logging.INFO if ctx.options.verbose else logging.WARNING
+        if address:
+            logger.info("joining the Ray cluster at %s", address)
+            ray.init(address=address, log_to_driver=ctx.options.verbose, logging_level=level)
+            self.embedded = False
+        else:
+            scaling = ctx.spec.scaling
+            env = dict(constants.WORKER_ENV_VARS)
+            path = [ctx.spec.working_dir, os.environ.get("PYTHONPATH", "")]
+            env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
+            num_gpus = (
+                int(scaling.max_workers * (scaling.gpus_per_worker or 1)) if scaling.use_gpu else 0
+            )
+            ray.init(
+                address="local",
+                num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=ctx.options.verbose,
+                logging_level=level,
+                runtime_env={"env_vars": env},
+            )
+            self.embedded = True
+
+    def close(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    # -- one attempt ---------------------------------------------------------------------------
+    def build_trainer(self, ctx: AttemptContext) -> Any:
+        import ray
+        import ray.train
+        import ray.train.tensorflow
+
+        # Ray Train V2 classes at runtime (V2 is the default in 2.60); typed as Any because the
+        # stubs mypy sees are Ray Train V1's.
+        FailureConfig: Any = ray.train.FailureConfig
+        RunConfig: Any = ray.train.RunConfig
+        ScalingConfig: Any = ray.train.ScalingConfig
+        TensorflowTrainer: Any = ray.train.tensorflow.TensorflowTrainer
+
+        from cluster.ray_hooks import (
+            MetricsEventCallback,
+            SpotrainRayFailurePolicy,
+            install_failure_policy,
+        )
+        from storage.location import RunLocation
+        from trainer.worker import train_loop_per_worker
+
+        spec = ctx.spec
+        working_dir: str | None = spec.working_dir
+        job_env = ray.get_runtime_context().runtime_env or {}
+        if not self.embedded and job_env.get("working_dir"):
+            working_dir = None  # each worker has its own copy of the job's working dir as its cwd
+        config = spec.train_job_dict(run_url=ctx.run_url)
+        config["working_dir"] = working_dir
+
+        resources: dict[str, float] = {"CPU": spec.scaling.cpus_per_worker}
+        if spec.scaling.use_gpu:
+            resources["GPU"] = spec.scaling.gpus_per_worker or 1
+        scaling = ScalingConfig(
+            num_workers=spec.scaling.workers,
+            use_gpu=spec.scaling.use_gpu,
+            resources_per_worker=resources,
+        )
+        loc = RunLocation.from_url(ctx.run_url, spec.storage_options or None)
+        storage_fs = None
+        if not loc.is_local:
+            from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+            storage_fs = PyFileSystem(FSSpecHandler(loc.fs))
+        failure_config = FailureConfig(
+            max_failures=spec.failures.max_failures,
+            max_preemption_failures=spec.failures.max_preemptions,
+        )
+        run_config = RunConfig(
+            name=f"spotrain-{spec.name}",
+            storage_path=loc.root + "/" + constants.RAY_STORAGE_SUBDIR,
+            storage_filesystem=storage_fs,
+            failure_config=failure_config,
+            callbacks=[
+                MetricsEventCallback(ctx.run_url, dict(spec.storage_options), attempt=ctx.attempt)
+            ],
+            worker_runtime_env={"env_vars": dict(constants.WORKER_ENV_VARS)},
+        )
+        trainer = TensorflowTrainer(
+            train_loop_per_worker,
+            train_loop_config=config,
+            scaling_config=scaling,
+            run_config=run_config,
+        )
+        policy = SpotrainRayFailurePolicy(
+            failure_config,
+            run_url=ctx.run_url,
+            storage_options=dict(spec.storage_options),
+            options=options_from_spec(spec.failures, ctx.options.backoff_override_s),
+            counts=ctx.counts,
+            attempt=ctx.attempt,
+        )
+        install_failure_policy(trainer, policy)
+        return trainer
+
+    def run(self, ctx: AttemptContext) -> AttemptResult:
+        self.ensure_ray(ctx)
+        trainer = self.build_trainer(ctx)
+        box: dict[str, Any] = {}
+
+        def fit() -> None:
+            try:
+                box["result"] = trainer.fit()
+            except BaseException as exc:  # thread boundary: re-raised in the caller below
+                box["error"] = exc
+
+        thread = threading.Thread(target=fit, name="spotrain-fit", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(self.poll_s)
+            if ctx.stop.is_set() and thread.is_alive():
+                self.emergency_stop(ctx, thread)
+                raise DriverPreempted("the driver was asked to stop (SIGTERM); state saved")
+        if "error" in box:
+            raise box["error"]
+        if ctx.stop.is_set():
+            pass  # finished anyway before the stop took effect: success wins
+        metrics = getattr(box.get("result"), "metrics", None) or {}
+        step = metrics.get("global_step")
+        return AttemptResult(global_step=int(step) if isinstance(step, (int, float)) else None)
+
+    def emergency_stop(self, ctx: AttemptContext, thread: threading.Thread) -> None:
+        """Ask the workers to save (drain the local node as a preemption) and wait for it.
+
+        Done when the trainer records its ``preemption`` event (written after its commit), when
+        the attempt ends, or after ``sigterm_grace_s``.
+        """
+        from storage.checkpoints import CheckpointStore
+        from storage.run_record import RunRecord
+
+        opts = ctx.spec.storage_options or None
+        store = CheckpointStore(ctx.run_url, storage_options=opts)
+        record = RunRecord(ctx.run_url, storage_options=opts)
+        steps = store.committed_steps()
+        before = steps[-1] if steps else None
+        grace = ctx.options.sigterm_grace_s
+        asked = time.time()
+        if not self.embedded:
+            logger.warning(
+                "driver stopping on a joined Ray cluster: not draining shared nodes; the last "
+                "committed checkpoint (step %s) stands",
+                before,
+            )
+            return
+        try:
+            self._drain_local_node(grace)
+        except Exception:  # process boundary: fall back to the last commit
+            logger.warning(
+                "could not drain the local Ray node; the last commit stands", exc_info=True
+            )
+            return
+        logger.warning("SIGTERM: asked the workers to save; waiting up to %.0fs", grace)
+        while time.time() < asked + grace and thread.is_alive():
+            saved = [
+                e
+                for e in record.events(kinds=["preemption"])
+                if e.time >= asked - 1 and "source" not in e.payload
+            ]
+            if saved:
+                logger.warning(
+                    "emergency checkpoint committed at step %s", saved[-1].payload.get("step")
+                )
+                return
+            time.sleep(self.poll_s)
+        steps = store.committed_steps()
+        latest = steps[-1] if steps else None
+        logger.warning(
+            "no emergency checkpoint within %.0fs; the latest commit (step %s) stands",
+            grace,
+            latest,
+        )
+
+    @staticmethod
+    def _drain_local_node(deadline_s: float) -> None:
+        import ray
+        from ray.core.generated import autoscaler_pb2
+
+        ctx = ray.get_runtime_context()
+        gcs: Any = ray._raylet.GcsClient(address=ctx.gcs_address)  # type: ignore[attr-defined]
+        reasons: Any = autoscaler_pb2.DrainNodeReason  # type: ignore[attr-defined]
+        accepted, why = gcs.drain_node(
+            ctx.get_node_id(),
+            reasons.Value("DRAIN_NODE_REASON_PREEMPTION"),
+            "spotrain driver received SIGTERM",
+            int(time.time() * 1000 + deadline_s * 1000),
+        )
+        if not accepted:
+            raise RuntimeError(f"drain rejected: {why}")

@@ -1,0 +1,338 @@
+"""``spotrain status``: the run's state and progress, read from storage alone (no Ray, no TF).
+
+Sources, all written through ``storage``:
+- ``state`` events (cluster.state) -> state;
+- ``attempt_start`` / ``preemption`` / ``failure`` / ``restore`` events -> attempts,
+  preemptions, lost steps;
+- ``metrics`` events (written by the Ray controller from the chief's ``ray.train.report``,
+  see cluster.ray_hooks) and the latest manifest's ``state`` (the trainer's training state:
+  ``epoch``, ``global_step``, ``steps_per_epoch``, ``total_steps``, ``history``) -> progress and
+  the metrics history plotted by ``--plot``.
+
+Lost steps: for each restore, the steps between the restored step and the furthest step
+reached before it (as last reported) had to be recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+_NUMERIC = (int, float)
+
+
+@dataclass
+class MetricPoint:
+    """One point of the metrics history: what the chief reported at ``global_step``."""
+
+    global_step: int
+    epoch: int | None
+    attempt: int | None
+    time: float
+    values: dict[str, float]
+
+
+@dataclass
+class Marker:
+    """A preemption / failure / restore on the time line, at the global step it happened."""
+
+    kind: str
+    time: float
+    global_step: int | None
+    detail: str = ""
+
+
+@dataclass
+class StatusReport:
+    run_url: str
+    name: str | None
+    state: str
+    epoch: int | None = None
+    epochs: int | None = None
+    global_step: int | None = None
+    total_steps: int | None = None
+    steps_per_epoch: int | None = None
+    attempts: int = 0
+    preemptions: int = 0
+    failures: int = 0
+    lost_steps: int = 0
+    latest_checkpoint: dict[str, Any] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    samples_per_s: float | None = None
+    message: str = ""
+    user_traceback: str = ""
+    history: list[MetricPoint] = field(default_factory=list)
+    markers: list[Marker] = field(default_factory=list)
+    updated: float | None = None
+
+    def to_json(self, with_history: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "run_url": self.run_url,
+            "name": self.name,
+            "state": self.state,
+            "epoch": self.epoch,
+            "epochs": self.epochs,
+            "global_step": self.global_step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "attempts": self.attempts,
+            "preemptions": self.preemptions,
+            "failures": self.failures,
+            "lost_steps": self.lost_steps,
+            "latest_checkpoint": self.latest_checkpoint,
+            "metrics": self.metrics,
+            "samples_per_s": self.samples_per_s,
+            "message": self.message,
+            "updated": self.updated,
+        }
+        if with_history:
+            out["history"] = [asdict(p) for p in self.history]
+            out["markers"] = [asdict(m) for m in self.markers]
+        return out
+
+    def progress_line(self) -> str:
+        """One line, e.g. ``digits-mlp SUCCEEDED step 120/120 epoch 3/3 loss 0.31 ...``."""
+        parts = [self.name or self.run_url, self.state]
+        if self.global_step is not None:
+            total = f"/{self.total_steps}" if self.total_steps else ""
+            parts.append(f"step {self.global_step}{total}")
+        if self.epoch is not None:
+            parts.append(f"epoch {self.epoch}" + (f"/{self.epochs}" if self.epochs else ""))
+        for key in ("loss", "val_loss"):
+            if key in self.metrics:
+                parts.append(f"{key} {self.metrics[key]:.4g}")
+        if self.samples_per_s:
+            parts.append(f"{self.samples_per_s:.0f} samples/s")
+        lc = self.latest_checkpoint
+        if lc:
+            parts.append(f"last commit step {lc['step']} ({_age(lc.get('age_s'))} ago)")
+        parts.append(f"attempts {self.attempts}")
+        parts.append(f"preemptions {self.preemptions}")
+        if self.lost_steps:
+            parts.append(f"lost steps {self.lost_steps}")
+        return " | ".join(parts)
+
+
+def _age(age_s: float | None) -> str:
+    if age_s is None:
+        return "?"
+    if age_s < 120:
+        return f"{age_s:.0f}s"
+    if age_s < 7200:
+        return f"{age_s / 60:.0f}m"
+    return f"{age_s / 3600:.1f}h"
+
+
+def resolve_target(target: str) -> tuple[str, dict[str, Any]]:
+    """A run URL, or a job spec YAML (-> its run URL and storage options)."""
+    if target.endswith((".yaml", ".yml")) and os.path.isfile(target):
+        import yaml
+
+        from cluster.spec import load_spec, parse_spec
+
+        with open(target) as fh:
+            raw = yaml.safe_load(fh)
+        try:
+            spec = parse_spec(raw, source=target, check_entry_points=False)
+        except Exception:
+            spec = load_spec(target)  # re-raise with the proper message
+        return spec.run_url, dict(spec.storage_options)
+    return target, {}
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, _NUMERIC):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _int(value: Any) -> int | None:
+    f = _num(value)
+    return int(f) if f is not None else None
+
+
+def _history_from_state(state: dict[str, Any]) -> list[MetricPoint]:
+    """The trainer's metrics history in the manifest state, if it keeps one.
+
+    Accepted shapes: the trainer's ``{"history": [{"epoch": e, "logs": {"loss":…}}, …]}``
+    (per epoch, 0-based), rows with ``global_step``, or Keras'
+    ``{"history": {"loss": [...], "val_loss": [...]}}``.
+    """
+    hist = state.get("metrics_history", state.get("history"))
+    points: list[MetricPoint] = []
+    spe = _int(state.get("steps_per_epoch"))
+    if isinstance(hist, list):
+        for row in hist:
+            if not isinstance(row, dict):
+                continue
+            if isinstance(row.get("logs"), dict):  # trainer: {"epoch": e, "logs": {...}}
+                row = {**row["logs"], "epoch": row.get("epoch")}
+            gs = _int(row.get("global_step"))
+            ep = _int(row.get("epoch"))
+            if gs is None and ep is not None and spe:
+                gs = (ep + 1) * spe
+            if gs is None:
+                continue
+            vals = {k: v for k, v in ((k, _num(v)) for k, v in row.items()) if v is not None}
+            vals.pop("global_step", None)
+            vals.pop("epoch", None)
+            points.append(MetricPoint(gs, ep, None, 0.0, vals))
+    elif isinstance(hist, dict) and spe:
+        n = max((len(v) for v in hist.values() if isinstance(v, list)), default=0)
+        for i in range(n):
+            vals = {}
+            for k, seq in hist.items():
+                if isinstance(seq, list) and i < len(seq) and _num(seq[i]) is not None:
+                    vals[k] = float(seq[i])
+            points.append(MetricPoint((i + 1) * spe, i, None, 0.0, vals))
+    return points
+
+
+def interruptions(events: list[Any]) -> list[Any]:
+    """One ``preemption`` / ``failure`` event per interrupted attempt.
+
+    An interruption can be recorded several times (the trainer's ``preemption`` event after
+    its emergency commit, Ray's controller decision, the driver's SIGTERM record); attempts are
+    delimited by ``attempt_start`` events, and within one a preemption wins over a failure.
+    """
+    out: list[Any] = []
+    segment: list[Any] = []
+
+    def flush() -> None:
+        if segment:
+            pre = [e for e in segment if e.kind == "preemption"]
+            out.append((pre or segment)[0])
+            segment.clear()
+
+    for ev in events:
+        if ev.kind == "attempt_start":
+            flush()
+        elif ev.kind in ("preemption", "failure"):
+            segment.append(ev)
+    flush()
+    return out
+
+
+def collect_status(run_url: str, storage_options: dict[str, Any] | None = None) -> StatusReport:
+    """Build the report from the run record and the checkpoints (read-only)."""
+    from storage.checkpoints import CheckpointStore
+    from storage.run_record import RunRecord
+
+    opts = storage_options or None
+    record = RunRecord(run_url, storage_options=opts)
+    store = CheckpointStore(run_url, storage_options=opts)
+    doc = record.read_spec()
+    events = record.events()
+    steps = store.committed_steps()
+    latest = store.manifest(steps[-1]) if steps else None
+    return build_report(run_url, doc, events, latest)
+
+
+def build_report(
+    run_url: str, doc: dict[str, Any] | None, events: list[Any], latest: Any
+) -> StatusReport:
+    """Pure function of the stored facts (unit-testable without storage)."""
+    spec = (doc or {}).get("spec", {}) if doc else {}
+    states = [e for e in events if e.kind == "state"]
+    state = (
+        states[-1].payload.get("state", "UNKNOWN") if states else ("PENDING" if doc else "UNKNOWN")
+    )
+    rep = StatusReport(run_url=run_url, name=spec.get("name"), state=state)
+    rep.epochs = _int(spec.get("epochs"))
+    rep.attempts = sum(1 for e in events if e.kind == "attempt_start")
+    counted = interruptions(events)
+    rep.preemptions = sum(1 for e in counted if e.kind == "preemption")
+    rep.failures = sum(1 for e in counted if e.kind == "failure")
+    counted_ids = {id(e) for e in counted}
+    if states and state == "FAILED":
+        rep.message = str(states[-1].payload.get("message", ""))
+        rep.user_traceback = str(states[-1].payload.get("user_traceback", ""))
+    rep.updated = events[-1].time if events else None
+
+    # Metrics history: events first (per attempt, with times), else the trainer's state.
+    reached = -1  # furthest global step known so far, for lost-step accounting
+    for ev in events:
+        p = ev.payload
+        if ev.kind == "metrics":
+            gs = _int(p.get("global_step"))
+            if gs is None:
+                continue
+            vals = {k: v for k, v in ((k, _num(v)) for k, v in p.items()) if v is not None}
+            for k in (
+                "global_step",
+                "epoch",
+                "attempt",
+                "last_committed_step",
+                "total_steps",
+                "steps_per_epoch",
+            ):
+                vals.pop(k, None)
+            rep.history.append(
+                MetricPoint(gs, _int(p.get("epoch")), _int(p.get("attempt")), ev.time, vals)
+            )
+            reached = max(reached, gs)
+            rep.total_steps = _int(p.get("total_steps")) or rep.total_steps
+            rep.steps_per_epoch = _int(p.get("steps_per_epoch")) or rep.steps_per_epoch
+        elif ev.kind in ("preemption", "failure"):
+            gs = _int(p.get("global_step", p.get("step")))
+            if gs is not None:
+                reached = max(reached, gs)
+            if id(ev) not in counted_ids:
+                continue
+            rep.markers.append(
+                Marker(
+                    ev.kind,
+                    ev.time,
+                    gs if gs is not None else (reached if reached >= 0 else None),
+                    str(p.get("failure_kind") or p.get("source") or ""),
+                )
+            )
+        elif ev.kind == "checkpoint_commit":
+            gs = _int(p.get("global_step", p.get("step")))
+            if gs is not None:
+                reached = max(reached, gs)
+        elif ev.kind == "restore":
+            gs = _int(p.get("global_step", p.get("step")))
+            if gs is not None:
+                rep.lost_steps += max(0, reached - gs)
+                reached = gs
+            rep.markers.append(Marker("restore", ev.time, gs, f"step {gs}"))
+
+    if latest is not None:
+        st = dict(latest.state or {})
+        lc_epoch = _int(st.get("epoch"))
+        rep.latest_checkpoint = {
+            "step": latest.step,
+            "epoch": lc_epoch,
+            "created": latest.created,
+            "age_s": max(0.0, time.time() - latest.created),
+            "bytes": latest.total_bytes,
+        }
+        rep.steps_per_epoch = _int(st.get("steps_per_epoch")) or rep.steps_per_epoch
+        rep.total_steps = _int(st.get("total_steps")) or rep.total_steps
+        if not rep.history:
+            rep.history = _history_from_state(st)
+        gs = _int(st.get("global_step", latest.step))
+        if gs is not None and (rep.global_step is None or gs > rep.global_step):
+            rep.global_step = gs
+            rep.epoch = lc_epoch
+    if rep.history:
+        last = rep.history[-1]
+        if rep.global_step is None or last.global_step >= rep.global_step:
+            rep.global_step = last.global_step
+            rep.epoch = last.epoch if last.epoch is not None else rep.epoch
+        rep.metrics = {k: v for k, v in last.values.items() if k != "samples_per_s"}
+        for p in reversed(rep.history):
+            if "val_loss" in p.values and "val_loss" not in rep.metrics:
+                rep.metrics["val_loss"] = p.values["val_loss"]
+                break
+        rep.samples_per_s = last.values.get("samples_per_s")
+    if rep.steps_per_epoch and rep.global_step is not None:
+        rep.epoch = rep.global_step // rep.steps_per_epoch  # epochs completed
+    if rep.total_steps is None and rep.steps_per_epoch and rep.epochs:
+        rep.total_steps = rep.steps_per_epoch * rep.epochs
+    return rep

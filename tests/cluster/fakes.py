@@ -1,0 +1,74 @@
+"""A fake attempt runner: commits checkpoints through real storage, then fails as told."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cluster.coordinator import AttemptContext, AttemptResult
+from cluster.errors import DriverPreempted
+from storage.checkpoints import CheckpointStore
+from storage.run_record import RunRecord
+
+STEPS_PER_EPOCH = 10
+
+
+def commit(run_url: str, step: int, *, finished: bool = False, epochs: int = 2) -> None:
+    store = CheckpointStore(run_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "ckpt.index").write_bytes(b"x" * (step + 1))
+        store.commit(
+            step,
+            tmp,
+            {
+                "epoch": step // STEPS_PER_EPOCH,
+                "global_step": step,
+                "steps_per_epoch": STEPS_PER_EPOCH,
+                "finished": finished,
+            },
+        )
+
+
+class FakeRunner:
+    """Each ``run`` plays one script entry: (steps to commit, outcome).
+
+    outcome: None = success (and a final commit), an exception = raised after the commits,
+    "stop" = wait for the coordinator's stop request then raise DriverPreempted.
+    """
+
+    def __init__(self, script: Iterable[tuple[list[int], Any]], epochs: int = 2) -> None:
+        self.script = list(script)
+        self.calls: list[AttemptContext] = []
+        self.epochs = epochs
+        self.closed = False
+
+    def run(self, ctx: AttemptContext) -> AttemptResult:
+        self.calls.append(ctx)
+        steps, outcome = self.script.pop(0)
+        rec = RunRecord(ctx.run_url)
+        if ctx.attempt > 1:
+            latest = CheckpointStore(ctx.run_url).latest()
+            if latest is not None:
+                rec.append_event("restore", step=latest.step)
+        for s in steps:
+            commit(ctx.run_url, s)
+            rec.append_event(
+                "metrics",
+                global_step=s,
+                epoch=s // STEPS_PER_EPOCH,
+                loss=1.0 / (s + 1),
+                attempt=ctx.attempt,
+            )
+        if outcome is None:
+            total = STEPS_PER_EPOCH * self.epochs
+            commit(ctx.run_url, total, finished=True)
+            return AttemptResult(global_step=total)
+        if outcome == "stop":
+            ctx.stop.wait(5)
+            raise DriverPreempted("stopped")
+        raise outcome
+
+    def close(self) -> None:
+        self.closed = True

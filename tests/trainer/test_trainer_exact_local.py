@@ -1,0 +1,129 @@
+"""Exactness, single worker, in process: an interrupted run ends bitwise equal to the
+uninterrupted one (weights, optimizer slots and iterations, RNG state, per-rank metric and
+batch-norm copies) with the same per-epoch history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pytest
+
+from storage.checkpoints import CheckpointStore, StoreOptions
+from storage.retry import RetryOptions
+from tests.fakes import FaultyFileSystem, corrupt_file
+from tests.trainer.helpers import (
+    assert_bitwise_equal,
+    events,
+    final_checkpoint,
+    history_of,
+    interrupt_spec,
+    job_dict,
+    run_dir,
+)
+from trainer.local import run_local
+
+FAST = StoreOptions(retry=RetryOptions(attempts=1, initial_backoff_s=0.001, max_backoff_s=0.001))
+
+
+def _attempts(job: dict[str, Any], store_for_attempt: Any = None, limit: int = 10) -> list[str]:
+    """Run attempts until one finishes; return the failure of each failed attempt."""
+    failures: list[str] = []
+    for attempt in range(limit):
+        store = store_for_attempt(attempt) if store_for_attempt else None
+        try:
+            result = run_local(job, store=store)
+        except Exception as exc:  # each failure is one interrupted attempt
+            failures.append(repr(exc))
+            continue
+        assert result.finished
+        return failures
+    raise AssertionError(f"no attempt finished: {failures}")
+
+
+@pytest.mark.parametrize(
+    ("mode", "kills"),
+    [
+        # saves at every 5 steps and every epoch end (6, 12, 18): 5 = right before the save
+        # of step 5, 7 = right after the save of 6, 11 = after the save at 10, 16 = mid-epoch
+        ("plateau", [5, 7, 11, 16, 20]),
+        ("schedule", [3, 6, 13, 17]),
+    ],
+)
+def test_exception_interruptions_are_exact(
+    tmp_path: Path, reference: Any, mode: str, kills: list[int]
+) -> None:
+    ref_tensors, ref_manifest, _ = reference(mode)
+    job = job_dict(tmp_path, f"int-{mode}", mode)
+    job["callbacks"] = [*job["callbacks"], interrupt_spec(kills, tmp_path / "markers")]
+    failures = _attempts(job)
+    expected = [k for k in kills if k <= ref_manifest["step"]]
+    assert len(failures) == len(expected) >= 3, failures
+    tensors, manifest = final_checkpoint(job["run_url"])
+    assert manifest["step"] == ref_manifest["step"]
+    assert manifest["state"]["finished"] is True
+    assert_bitwise_equal(ref_tensors, tensors)
+    assert history_of(manifest) == history_of(ref_manifest)
+    assert len(events(job["run_url"], "restore")) == len(expected) - 1  # first kill: no save yet
+
+
+def test_reference_runs_exercise_the_callbacks(reference: Any) -> None:
+    """The configurations must make the stateful callbacks act, else the test proves little."""
+    _, plateau, _ = reference("plateau")
+    lrs = [e["logs"]["lr"] for e in history_of(plateau)]
+    assert len(set(lrs)) > 1, f"ReduceLROnPlateau never fired: {lrs}"
+    _, schedule, _ = reference("schedule")
+    assert schedule["state"]["callbacks"]["EarlyStopping#0"]["stopped_epoch"] > 0
+    assert schedule["step"] < 4 * 6  # stopped early
+
+
+def test_failed_upload_and_corrupt_checkpoint_resume_exactly(
+    tmp_path: Path, reference: Any
+) -> None:
+    """Attempt 0 dies because an upload fails midway (after 1 file of the step-10 commit);
+    attempt 1 finds its newest checkpoint corrupted and falls back; both resume exactly."""
+    ref_tensors, ref_manifest, _ = reference("plateau")
+    job = job_dict(tmp_path, "upload", "plateau")
+    local_fs = fsspec.filesystem("file", auto_mkdir=True)
+
+    def store_for(attempt: int) -> CheckpointStore:
+        fs = FaultyFileSystem(local_fs)
+        if attempt == 0:
+            # commits of step 5 and 6 upload 3 files each; the 2nd file of step 10 fails
+            fs.fail("put_file", PermissionError("injected: upload failed"), times=1, after=7)
+        return CheckpointStore(job["run_url"], fs=fs, options=FAST)
+
+    job["callbacks"] = [*job["callbacks"], interrupt_spec([16], tmp_path / "markers")]
+    failures: list[str] = []
+    try:
+        run_local(job, store=store_for(0))
+    except Exception as exc:  # the upload failure surfaces in the training loop
+        failures.append(repr(exc))
+    assert failures and "injected: upload failed" in failures[0]
+    steps = sorted(int(p.name) for p in (run_dir(job["run_url"]) / "checkpoints").iterdir())
+    committed = [
+        s
+        for s in steps
+        if (run_dir(job["run_url"]) / "checkpoints" / f"{s:012d}" / "MANIFEST.json").exists()
+    ]
+    assert 10 not in committed and committed, committed
+    # attempt 1: runs to the kill at 16; then corrupt the newest checkpoint (15)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_local(job, store=store_for(1))
+    newest = run_dir(job["run_url"]) / "checkpoints" / f"{15:012d}"
+    corrupt_file(local_fs, str(newest / "ckpt.data-00000-of-00001"))
+    result = run_local(job, store=store_for(2))
+    assert result.restored_step == 12  # 15 is corrupt: fell back to the epoch end
+    tensors, manifest = final_checkpoint(job["run_url"])
+    assert_bitwise_equal(ref_tensors, tensors)
+    assert history_of(manifest) == history_of(ref_manifest)
+    assert events(job["run_url"], "checkpoint_corrupt")
+
+
+def test_finished_run_does_not_train_again(tmp_path: Path) -> None:
+    job = job_dict(tmp_path, "done", "schedule", epochs=1)
+    first = run_local(job)
+    assert first.finished and first.global_step == 6
+    again = run_local(job)
+    assert again.finished and again.restored_step == 6 and again.global_step == 6

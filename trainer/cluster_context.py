@@ -1,0 +1,70 @@
+"""Where this worker runs: rank, world size, and the Ray-side barrier-style helpers.
+
+Under Ray Train (V2) ``ray.train.get_context()`` gives rank and world size,
+``ray.train.collective.broadcast_from_rank_zero`` shares small values and
+``ray.train.get_preemption_info()`` reports a coming preemption. Without Ray the process is
+a single worker (rank 0 of 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def in_ray_train() -> bool:
+    try:
+        from ray.train.v2._internal.execution.train_fn_utils import get_train_fn_utils
+
+        get_train_fn_utils()
+        return True
+    except Exception:  # not inside a Ray Train worker (or Ray absent): single local worker
+        return False
+
+
+@dataclass
+class WorkerContext:
+    """Rank/world of this worker plus the small coordination calls the trainer needs."""
+
+    rank: int = 0
+    world_size: int = 1
+    ray: bool = False
+    attempt: int = 0
+
+    @classmethod
+    def detect(cls) -> WorkerContext:
+        if not in_ray_train():
+            return cls()
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return cls(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), ray=True)
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def broadcast_from_rank_zero(self, value: Any) -> Any:
+        if not self.ray or self.world_size == 1:
+            return value
+        from ray.train.collective import broadcast_from_rank_zero
+
+        return broadcast_from_rank_zero(value)
+
+    def preemption_notice(self) -> Any:
+        """The Ray preemption info or None; a barrier across ranks under Ray."""
+        if not self.ray:
+            return None
+        import ray.train
+
+        return ray.train.get_preemption_info()
+
+    def report(self, metrics: dict[str, Any]) -> None:
+        if not self.ray:
+            return
+        import ray.train
+
+        ray.train.report(metrics)

@@ -1,0 +1,102 @@
+"""The private tf-keras 2.21 hooks spotrain relies on, in one place.
+
+1. ``Model.fit`` calls ``self._maybe_load_initial_counters_from_ckpt(steps_per_epoch,
+   initial_epoch)`` right after ``callbacks.on_train_begin()``; it delegates to
+   ``self._training_state.maybe_load_initial_counters_from_ckpt(steps_per_epoch,
+   initial_epoch, mode=...)`` when ``model._training_state`` is set, and sets the data
+   handler's initial epoch and step from the result. Installing a :class:`ResumePoint` there
+   makes one ``fit`` call start at (epoch e0, step s0) with Keras' own step numbering.
+2. ``CallbackList.on_train_begin`` calls each callback's ``on_train_begin`` from a frame whose
+   ``self`` is the CallbackList: spotrain finds the other callbacks (EarlyStopping, History...)
+   there to save and restore their state.
+3. A distributed dataset (``distribute_datasets_from_function``) is never re-iterated per epoch
+   by ``DataHandler`` (``DatasetAdapter.should_recreate_iterator`` is False for it).
+
+``check_hooks()`` verifies 1 and 3 at run time and fails loudly if tf-keras changed;
+tests/trainer/test_keras_hooks.py pins all three.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from typing import Any
+
+from trainer import env  # noqa: F401
+
+import tensorflow as tf  # isort: skip
+
+TESTED_TF_KERAS = "2.21"
+
+
+class ResumePoint:
+    """Stand-in for tf-keras' WorkerTrainingState: tells ``fit`` where to start."""
+
+    def __init__(self, epoch: int, step_in_epoch: int) -> None:
+        self.epoch = epoch
+        self.step_in_epoch = step_in_epoch
+
+    def maybe_load_initial_counters_from_ckpt(
+        self, steps_per_epoch: int, initial_epoch: int, mode: Any = None
+    ) -> tuple[int, int]:
+        epoch, step = self.epoch, self.step_in_epoch
+        if steps_per_epoch and step >= steps_per_epoch:
+            epoch, step = epoch + 1, 0
+        if initial_epoch > epoch:
+            return initial_epoch, 0
+        return epoch, step
+
+
+_checked = False
+
+
+def check_hooks() -> None:
+    """Raise RuntimeError naming the hook if the installed tf-keras lacks one."""
+    global _checked
+    if _checked:
+        return
+    from tf_keras.src.engine import data_adapter, training
+
+    problems = []
+    if not hasattr(training.Model, "_maybe_load_initial_counters_from_ckpt"):
+        problems.append("Model._maybe_load_initial_counters_from_ckpt is gone")
+    else:
+        src = inspect.getsource(training.Model._maybe_load_initial_counters_from_ckpt)
+        if "self._training_state.maybe_load_initial_counters_from_ckpt" not in src:
+            problems.append("_maybe_load_initial_counters_from_ckpt no longer uses _training_state")
+        fit_src = inspect.getsource(training.Model.fit)
+        if "data_handler._initial_step" not in fit_src:
+            problems.append("Model.fit no longer sets data_handler._initial_step")
+    adapter_src = inspect.getsource(data_adapter.DatasetAdapter.should_recreate_iterator)
+    if "_is_distributed_dataset(self._dataset)" not in adapter_src:
+        problems.append("DatasetAdapter may recreate a distributed dataset's iterator per epoch")
+    if problems:
+        raise RuntimeError(
+            f"tf-keras {tf.keras.__version__} changed private APIs spotrain relies on "
+            f"(tested with {TESTED_TF_KERAS}): {'; '.join(problems)}. Pin tf-keras=="
+            f"{TESTED_TF_KERAS}.* or update trainer/keras_hooks.py"
+        )
+    _checked = True
+
+
+def install_resume_point(model: tf.keras.Model, epoch: int, step_in_epoch: int) -> None:
+    check_hooks()
+    model._training_state = ResumePoint(epoch, step_in_epoch)
+
+
+def remove_resume_point(model: tf.keras.Model) -> None:
+    if isinstance(getattr(model, "_training_state", None), ResumePoint):
+        model._training_state = None
+
+
+def calling_callback_list(depth: int = 2) -> list[Any] | None:
+    """The callbacks of the CallbackList that called the current callback method, or None."""
+    frame: Any = sys._getframe(depth)
+    for _ in range(4):
+        if frame is None:
+            break
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, tf.keras.callbacks.CallbackList):
+            return list(owner.callbacks)
+        frame = frame.f_back
+    return None

@@ -1,0 +1,43 @@
+"""The function Ray's ``TensorflowTrainer`` runs on every worker.
+
+Set ``TF_USE_LEGACY_KERAS=1`` in the Ray runtime env (env_vars) too: this module sets it at
+import, which is enough only if nothing imported TensorFlow earlier in the worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trainer import env
+from trainer.cluster_context import WorkerContext
+from trainer.job import TrainJob
+from trainer.training import make_strategy, train
+
+logger = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Train (or resume) ``TrainJob.from_dict(config)`` on this Ray Train worker.
+
+    Raises PreemptedError (retryable) after committing on a noticed preemption, UserCodeError
+    (not retryable, with the user's traceback) for errors in the user's code.
+    """
+    job = TrainJob.from_dict(config)
+    worker = WorkerContext.detect()
+    strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
+    env.check_legacy_keras()
+    logger.info("[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size)
+    result = train(job, worker, strategy)
+    worker.report(
+        {
+            "loss": float(result.history.get("loss", [float("nan")])[-1])
+            if result.history.get("loss")
+            else float("nan"),
+            "epoch": len(result.history.get("loss", [])) - 1,
+            "global_step": result.global_step,
+            "samples_per_s": result.samples_per_s,
+            "last_committed_step": result.last_committed_step,
+            "finished": result.finished,
+        }
+    )
