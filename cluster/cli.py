@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TextIO
 
-from cluster import constants
+from cluster import chaos_cli, constants
 from cluster.exit_codes import ExitCode
 
 logger = logging.getLogger("spotrain")
@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument(
         "--min-age-s", type=float, default=None, help="sweep only leftovers older than this"
     )
+    chaos_cli.add_commands(sub)
     return parser
 
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "checkpoints": cmd_checkpoints,
         "export": cmd_export,
         "gc": cmd_gc,
+        **chaos_cli.HANDLERS,
     }
     from storage.errors import SpotrainError
 

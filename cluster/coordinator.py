@@ -395,15 +395,16 @@ class Coordinator:
                 outcome="preempted",
                 duration_s=time.time() - started,
             )
-            self.record.append_event(
-                "preemption",
-                attempt=self.attempt,
-                failure_kind="preemption",
-                source="driver_sigterm",
-                message=str(exc),
-                last_committed_step=latest,
-                decision="STOP",
-            )
+            if not self._preemption_recorded_since_stop():
+                self.record.append_event(
+                    "preemption",
+                    attempt=self.attempt,
+                    failure_kind="preemption",
+                    source="driver_sigterm",
+                    message=str(exc),
+                    last_committed_step=latest,
+                    decision="STOP",
+                )
             self.policy.counts["preemptions"] += 1
             return self._go(
                 Preempted(attempt=self.attempt, reason="preemption", message=str(exc), stop=True)
@@ -489,6 +490,12 @@ class Coordinator:
                 extra={"budget": verdict.budget},
             )
         )
+
+    def _preemption_recorded_since_stop(self) -> bool:
+        """The trainer or Ray's controller already recorded the interruption the stop caused."""
+        evs = self.record.events(kinds=["stop_requested", "preemption"])
+        stops = [i for i, ev in enumerate(evs) if ev.kind == "stop_requested"]
+        return bool(stops) and any(ev.kind == "preemption" for ev in evs[stops[-1] :])
 
     def _attempts_recorded(self) -> int:
         return sum(1 for e in self.record.events(kinds=["attempt_start"]))

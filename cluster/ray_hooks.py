@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
@@ -25,7 +26,7 @@ from ray.train.v2._internal.execution.failure_handling.failure_policy import Fai
 from ray.train.v2.api.callback import UserCallback
 
 from cluster import constants
-from cluster.failure_policy import FailureKind, FailurePolicy, FailurePolicyOptions
+from cluster.failure_policy import Decision, FailureKind, FailurePolicy, FailurePolicyOptions
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ def _record(run_url: str, storage_options: dict[str, Any]) -> Any:
     from storage.run_record import RunRecord
 
     return RunRecord(run_url, storage_options=storage_options or None)
+
+
+def _driver_stopping(rec: Any) -> bool:
+    """True when the driver recorded ``stop_requested`` after the latest attempt started."""
+    evs = rec.events(kinds=["stop_requested", "attempt_start"])
+    return bool(evs) and evs[-1].kind == "stop_requested"
 
 
 class SpotrainRayFailurePolicy(RayFailurePolicy):
@@ -76,6 +83,10 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
             payload["user_traceback"] = verdict.failure.user_traceback[-20000:]
         try:
             rec = _record(self.run_url, self.storage_options)
+            if verdict.restart and _driver_stopping(rec):
+                # The driver asked for this save (SIGTERM) and is exiting: no restart.
+                verdict = replace(verdict, decision=Decision.RAISE)
+                payload["decision"] = "STOP"
             kind = "preemption" if verdict.failure.kind is FailureKind.PREEMPTION else "failure"
             rec.append_event(kind, **payload)
             if verdict.restart:

@@ -221,6 +221,7 @@ class RayAttemptRunner:
                 before,
             )
             return
+        record.append_event("stop_requested", attempt=ctx.attempt, source="driver_sigterm")
         try:
             self._drain_local_node(grace)
         except Exception:  # process boundary: fall back to the last commit

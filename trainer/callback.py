@@ -19,6 +19,7 @@ broadcasts it; every rank restores it; the ranks then compare a checksum of thei
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -389,6 +390,9 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
             self.flag.install()
         if self.options.async_upload and self.worker.is_chief and self._committer is None:
             self._committer = AsyncCommitter(self.store)
+            # fit does not call back on an exception: finish a pending upload before the
+            # interpreter exits (the committer thread is a daemon)
+            atexit.register(self._finish_at_exit)
 
     def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
         self._epoch = epoch
@@ -445,6 +449,12 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         finally:
             self.close()
 
+    def _finish_at_exit(self) -> None:
+        try:
+            self.close(wait=True)
+        except Exception as exc:  # at interpreter exit: log, nothing else can be done
+            logger.error("%s last upload failed at exit: %s", self._log_prefix(), exc)
+
     def close(self, wait: bool = True) -> None:
         """Finish (or abandon) background uploads and undo process hooks. Idempotent."""
         if self.model is not None:
@@ -452,6 +462,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         self.flag.uninstall()
         committer, self._committer = self._committer, None
         if committer is not None:
+            atexit.unregister(self._finish_at_exit)
             if wait:
                 committer.close(self.options.commit_timeout_s)
             else:

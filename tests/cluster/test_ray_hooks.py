@@ -89,3 +89,15 @@ def test_install_replaces_the_policy() -> None:
     assert t._initialize_and_run_controller(failure_policy="default", other=1) == "ok"
     assert calls == {"failure_policy": sentinel, "other": 1}
     assert not install_failure_policy(object(), sentinel)  # type: ignore[arg-type]
+
+
+def test_no_restart_while_the_driver_is_stopping(tmp_path: Path) -> None:
+    url = f"file://{tmp_path}/run"
+    rec = RunRecord(url)
+    rec.append_event("attempt_start", attempt=1, source="driver")
+    rec.append_event("stop_requested", attempt=1, source="driver_sigterm")
+    wrapped = UserExceptionWithTraceback(PreemptedError(30), traceback_str="")
+    assert policy(url).make_decision(WorkerGroupError("x", {0: wrapped})) is FailureDecision.RAISE
+    assert not rec.events(kinds=["attempt_start"])[1:]
+    (ev,) = rec.events(kinds=["preemption"])
+    assert ev.payload["decision"] == "STOP"

@@ -45,15 +45,10 @@ def test_drop_in_with_memory_url() -> None:
     x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
     y = np.zeros((32, 2), "float32")
     model = _model()
+    bar = BackupAndRestore(url, save_freq=3)
     with pytest.raises(RuntimeError, match="stop"):
-        model.fit(
-            x,
-            y,
-            batch_size=8,
-            epochs=3,
-            callbacks=[StopAt(6), BackupAndRestore(url, save_freq=3)],
-            verbose=0,
-        )
+        model.fit(x, y, batch_size=8, epochs=3, callbacks=[StopAt(6), bar], verbose=0)
+    bar.close()  # what the atexit hook does when the process ends after the exception
     store = CheckpointStore(url)
     assert store.committed_steps() == [3]  # step 6 stopped before its save point
     resumed = _model()
@@ -71,3 +66,28 @@ def test_save_freq_validation_matches_keras() -> None:
         BackupAndRestore("memory://x", save_freq=0)
     with pytest.raises(TypeError, match="unknown BackupAndRestore option"):
         BackupAndRestore("memory://x", keep_lats=2)
+
+
+def test_background_upload_errors_are_raised_not_lost() -> None:
+    from storage.checkpoints import StoreOptions
+    from storage.errors import SpotrainError
+    from storage.retry import RetryOptions
+    from tests.fakes import FaultyFileSystem
+
+    url = f"memory://dropin-err-{uuid.uuid4().hex[:8]}"
+    import fsspec
+
+    fs = FaultyFileSystem(fsspec.filesystem("memory"))
+    fs.fail("put_file", PermissionError("injected: bucket gone"), times=None)
+    store = CheckpointStore(url, fs=fs, options=StoreOptions(retry=RetryOptions(attempts=1)))
+    x = np.zeros((32, 4), "float32")
+    model = _model()
+    with pytest.raises(SpotrainError, match="injected: bucket gone"):
+        model.fit(
+            x,
+            x[:, :2],
+            batch_size=8,
+            epochs=2,
+            callbacks=[BackupAndRestore(url, save_freq=2, store=store)],
+            verbose=0,
+        )

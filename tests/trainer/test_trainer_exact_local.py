@@ -81,8 +81,9 @@ def test_reference_runs_exercise_the_callbacks(reference: Any) -> None:
 def test_failed_upload_and_corrupt_checkpoint_resume_exactly(
     tmp_path: Path, reference: Any
 ) -> None:
-    """Attempt 0 dies because an upload fails midway (after 1 file of the step-10 commit);
-    attempt 1 finds its newest checkpoint corrupted and falls back; both resume exactly."""
+    """Attempt 0 dies because an upload fails midway (the last file of the step-6 commit;
+    synchronous upload so the failing step is deterministic); attempt 1 is killed at 16 and its
+    newest checkpoint then corrupted, so attempt 2 falls back; both resume exactly."""
     ref_tensors, ref_manifest, _ = reference("plateau")
     job = job_dict(tmp_path, "upload", "plateau")
     local_fs = fsspec.filesystem("file", auto_mkdir=True)
@@ -90,14 +91,14 @@ def test_failed_upload_and_corrupt_checkpoint_resume_exactly(
     def store_for(attempt: int) -> CheckpointStore:
         fs = FaultyFileSystem(local_fs)
         if attempt == 0:
-            # commits of step 5 and 6 upload 3 files each; the 2nd file of step 10 fails
+            # each commit uploads 4 files (ckpt + ranks, index + data): the 8th put fails
             fs.fail("put_file", PermissionError("injected: upload failed"), times=1, after=7)
         return CheckpointStore(job["run_url"], fs=fs, options=FAST)
 
     job["callbacks"] = [*job["callbacks"], interrupt_spec([16], tmp_path / "markers")]
     failures: list[str] = []
     try:
-        run_local(job, store=store_for(0))
+        run_local(job, store=store_for(0), backup_overrides={"async_upload": False})
     except Exception as exc:  # the upload failure surfaces in the training loop
         failures.append(repr(exc))
     assert failures and "injected: upload failed" in failures[0]
@@ -107,7 +108,7 @@ def test_failed_upload_and_corrupt_checkpoint_resume_exactly(
         for s in steps
         if (run_dir(job["run_url"]) / "checkpoints" / f"{s:012d}" / "MANIFEST.json").exists()
     ]
-    assert 10 not in committed and committed, committed
+    assert committed == [5], committed
     # attempt 1: runs to the kill at 16; then corrupt the newest checkpoint (15)
     with pytest.raises(RuntimeError, match="injected failure"):
         run_local(job, store=store_for(1))
