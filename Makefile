@@ -33,6 +33,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/recovery.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

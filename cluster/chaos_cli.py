@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -36,6 +37,10 @@ def add_commands(sub: Any) -> None:
     em.add_argument(
         "--chaos-duration-s", type=float, default=180.0, help="span of --chaos-random faults"
     )
+    em.add_argument(
+        "--chaos-min-gap-s", type=float, default=10.0, help="least time between random faults"
+    )
+    em.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
     em.add_argument("--reference", action="store_true", help="compare with an uninterrupted run")
     em.add_argument("--storage", help="override storage (run URL = <storage>/<name>)")
     em.add_argument("--epochs", type=int, help="override epochs")
@@ -51,7 +56,7 @@ def add_commands(sub: Any) -> None:
 def cmd_emulate(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; before ray
     from cluster.chaos import parse_schedule, random_schedule
-    from cluster.chaos_report import fault_costs, render
+    from cluster.chaos_report import fault_costs, render, report_json
     from cluster.emulator import Emulator, EmulatorOptions
     from cluster.spec import load_spec
     from cluster.status import collect_status
@@ -62,7 +67,10 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         faults = parse_schedule(args.chaos)
     elif args.chaos_random:
         faults = random_schedule(
-            rate_per_min=args.chaos_random, seed=args.chaos_seed, duration_s=args.chaos_duration_s
+            rate_per_min=args.chaos_random,
+            seed=args.chaos_seed,
+            duration_s=args.chaos_duration_s,
+            min_gap_s=args.chaos_min_gap_s,
         )
     else:
         faults = []
@@ -79,7 +87,11 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     run_url = spec.run_url
     events = RunRecord(run_url, spec.storage_options).events()
     summary = collect_status(run_url, spec.storage_options).to_json()
-    print(render(result, fault_costs(result, events), summary))
+    costs = fault_costs(result, events)
+    print(render(result, costs, summary))
+    if args.report_json:
+        with open(args.report_json, "w") as f:
+            json.dump(report_json(result, costs, summary), f, indent=2, default=str)
     if not result.succeeded:
         return result.exit_code if result.exit_code > 0 else int(ExitCode.INFRA_ERROR)
     if args.reference:

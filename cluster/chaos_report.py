@@ -13,7 +13,7 @@ and the events the driver and the workers wrote to the run record. For each faul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from cluster.chaos import FaultKind
@@ -103,3 +103,34 @@ def render(result: EmulationResult, costs: list[FaultCost], summary: dict[str, A
         if f.skipped:
             lines.append(f"{f.fault.describe():<28} skipped: {f.skipped}")
     return "\n".join(lines)
+
+
+def report_json(
+    result: EmulationResult, costs: list[FaultCost], summary: dict[str, Any]
+) -> dict[str, Any]:
+    """The report as JSON: run summary, driver exits, every fault (injected or skipped) and cost."""
+    return {
+        "exit_code": result.exit_code,
+        "wall_s": result.wall_s,
+        "driver_starts": result.driver_starts,
+        "status": summary,
+        "faults": [
+            {
+                "fault": f.fault.describe(),
+                "kind": f.fault.kind.value,
+                "at_s": f.at_s,
+                "target": f.target,
+                "skipped": f.skipped,
+            }
+            for f in result.faults
+        ],
+        "costs": [
+            {
+                "fault": c.fault.fault.describe(),
+                **{k: v for k, v in asdict(c).items() if k != "fault"},
+                "recovery_s": c.recovery_s,
+            }
+            for c in costs
+        ],
+        "timeline": [asdict(t) for t in result.timeline],
+    }

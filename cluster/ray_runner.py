@@ -189,11 +189,12 @@ class RayAttemptRunner:
             thread.join(self.poll_s)
             if ctx.stop.is_set() and thread.is_alive():
                 self.emergency_stop(ctx, thread)
-                raise DriverPreempted("the driver was asked to stop (SIGTERM); state saved")
+                thread.join(self.poll_s)
+                if thread.is_alive() or "result" not in box:
+                    raise DriverPreempted("the driver was asked to stop (SIGTERM); state saved")
+                # training finished before the stop took effect: success wins
         if "error" in box:
             raise box["error"]
-        if ctx.stop.is_set():
-            pass  # finished anyway before the stop took effect: success wins
         metrics = getattr(box.get("result"), "metrics", None) or {}
         step = metrics.get("global_step")
         return AttemptResult(global_step=int(step) if isinstance(step, (int, float)) else None)

@@ -247,6 +247,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         if self._restored:
             return self.restored_state
         self._prepare()
+        started = time.perf_counter()
         tmp = tempfile.mkdtemp(prefix="spotrain-restore-", dir=self.options.local_tmp_dir or None)
         try:
             state = self._download_agreed(tmp)
@@ -279,6 +280,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
                         epoch=self.initial_epoch,
                         step_in_epoch=self.initial_step,
                         world_size=self.worker.world_size,
+                        seconds=round(time.perf_counter() - started, 3),
                     )
         self._global_step = self._last_boundary = self.initial_global_step
         return state

@@ -124,7 +124,11 @@ def test_drained_node_reaches_every_rank_as_a_preemption_notice(emulated, tmp_pa
     drained = emulated.drain_node(deadline_s=30)
 
     notices = _wait_for(
-        lambda: sorted(tmp_path.glob("notice-*.json")) if len(list(tmp_path.glob("notice-*"))) == 2 else None,
+        lambda: (
+            sorted(tmp_path.glob("notice-*.json"))
+            if len(list(tmp_path.glob("notice-*"))) == 2
+            else None
+        ),
         timeout_s=30,
         what="preemption notice on both ranks",
     )

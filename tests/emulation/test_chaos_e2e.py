@@ -1,0 +1,163 @@
+"""``spotrain emulate`` end to end: each fault kind, then a seeded random mix, on a real
+multi-raylet Ray cluster with real TensorFlow training. Each run must finish with the final
+weights of an uninterrupted run, lose no step on a noticed preemption, never restore a
+checkpoint that failed verification, and leave every attempt and fault in its events."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trainer.verify import committed_tensors, differing_tensors
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+JOB = "examples/digits.yaml"
+EPOCHS = "3"
+#: The random schedule spans ~90 s of faults; the run must outlast it.
+RANDOM_EPOCHS = "12"
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "SPOTRAIN_BACKOFF_S": "0.5",
+        "SPOTRAIN_METRICS_EVENT_INTERVAL_S": "1",
+    }
+
+
+def _spotrain(*args: str, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cluster", *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory):
+    """Final tensors of an uninterrupted 2-worker run, per epoch count (computed once each)."""
+    cache: dict[str, dict[str, Any]] = {}
+
+    def get(epochs: str = EPOCHS) -> dict[str, Any]:
+        if epochs not in cache:
+            storage = f"file://{tmp_path_factory.mktemp('reference')}"
+            out = _spotrain("run", JOB, "--storage", storage, "--epochs", epochs, "--workers", "2")
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+            cache[epochs] = committed_tensors(f"{storage}/digits-mlp")[0]
+        return cache[epochs]
+
+    return get
+
+
+@pytest.fixture
+def reference(references) -> dict[str, Any]:
+    return references()
+
+
+def _events(run_url: str) -> list[dict[str, Any]]:
+    d = Path(run_url[len("file://") :]) / "events"
+    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+
+
+def _emulate(tmp_path: Path, *chaos: str, epochs: str = EPOCHS) -> tuple[dict[str, Any], str]:
+    storage = f"file://{tmp_path}/runs"
+    report_path = tmp_path / "report.json"
+    out = _spotrain(
+        "emulate",
+        JOB,
+        "--nodes",
+        "2",
+        "--storage",
+        storage,
+        "--epochs",
+        epochs,
+        "--report-json",
+        str(report_path),
+        *chaos,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    return json.loads(report_path.read_text()), f"{storage}/digits-mlp"
+
+
+def _check_run(report: dict[str, Any], run_url: str, reference: dict[str, Any]) -> list[dict]:
+    assert report["status"]["state"] == "SUCCEEDED"
+    got, state = committed_tensors(run_url)
+    assert state["world_size"] == 2
+    assert differing_tensors(reference, got) == []
+
+    events = _events(run_url)
+    kinds = [e["kind"] for e in events]
+    assert "checkpoint_corrupt" not in kinds
+    committed = {e["payload"]["step"] for e in events if e["kind"] == "checkpoint_commit"}
+    restored = [e["payload"]["step"] for e in events if e["kind"] == "restore"]
+    assert set(restored) <= committed, "a restore loaded a step that was never committed"
+    hit = [f for f in report["faults"] if not f["skipped"] and f["kind"] != "add-node"]
+    assert hit, f"no fault landed: {report['faults']}"
+    interruptions = kinds.count("failure") + kinds.count("preemption")
+    driver_kills = sum(f["kind"] == "kill-driver" for f in hit)
+    assert interruptions + driver_kills >= len(hit), (kinds, report["faults"])
+    assert kinds.count("attempt_start") >= 1 + len(hit)
+    return events
+
+
+def _noticed_preemptions_lost_nothing(events: list[dict[str, Any]]) -> None:
+    noticed = [e for e in events if e["kind"] == "preemption" and "step" in e["payload"]]
+    assert noticed, "no preemption notice reached the workers"
+    for notice in noticed:
+        after = [e for e in events if e["seq"] > notice["seq"] and e["kind"] == "restore"]
+        assert after and after[0]["payload"]["step"] == notice["payload"]["step"]
+
+
+def test_kill_worker(tmp_path, reference):
+    report, run_url = _emulate(tmp_path, "--chaos", "kill-worker@4s")
+    _check_run(report, run_url, reference)
+
+
+def test_drain_node_is_a_noticed_preemption_that_loses_no_step(tmp_path, reference):
+    report, run_url = _emulate(tmp_path, "--chaos", "drain-node@4s:deadline=8,add-node@13s")
+    events = _check_run(report, run_url, reference)
+    _noticed_preemptions_lost_nothing(events)
+    assert report["status"]["lost_steps"] == 0
+
+
+def test_kill_node_then_capacity_returns(tmp_path, reference):
+    report, run_url = _emulate(tmp_path, "--chaos", "kill-node@4s,add-node@6s")
+    _check_run(report, run_url, reference)
+
+
+def test_kill_driver_is_resumed_by_the_next_invocation(tmp_path, reference):
+    report, run_url = _emulate(tmp_path, "--chaos", "kill-driver@5s")
+    _check_run(report, run_url, reference)
+    assert report["driver_starts"] >= 2
+
+
+def test_seeded_random_schedule_of_mixed_faults(tmp_path, references):
+    report, run_url = _emulate(
+        tmp_path,
+        "--chaos-random",
+        "10",
+        "--chaos-seed",
+        "3",
+        "--chaos-duration-s",
+        "70",
+        "--chaos-min-gap-s",
+        "9",
+        epochs=RANDOM_EPOCHS,
+    )
+    kinds = {f["kind"] for f in report["faults"] if not f["skipped"]}
+    assert len([f for f in report["faults"] if not f["skipped"]]) >= 5
+    assert len(kinds - {"add-node"}) >= 2, f"not a mix: {kinds}"
+    _check_run(report, run_url, references(RANDOM_EPOCHS))
