@@ -8,7 +8,8 @@ a timeline as it goes and returns what happened for the final report.
 
 Fault times count from the moment the first training workers are up, so that a slow start
 (Ray, TensorFlow import) does not eat the schedule. A fault that needs a training worker
-(kill-worker) waits up to ``target_wait_s`` for one while the job restarts.
+(kill-worker) or the driver (kill-driver) is held back, up to ``target_wait_s``, while its
+target restarts; the loop goes on restarting the driver meanwhile.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class EmulatorOptions:
         driver_env: extra environment for the driver (e.g. a short ``SPOTRAIN_LEASE_TTL_S`` so
             a killed driver's lease lapses quickly).
         restart_delay_s: pause before starting the driver again (a CronJob's period, shrunk).
-        target_wait_s: how long kill-worker waits for a live training worker.
+        target_wait_s: how long a due kill-worker / kill-driver waits for its target to exist.
         timeout_s: give up (and kill the driver) after this long.
         poll_s: how often the loop checks the driver and the schedule.
     """
@@ -144,6 +145,11 @@ class Emulator:
                 self._zero = time.monotonic()
                 self._note("workers-up", "fault clock starts")
             while pending and self._zero is not None and pending[0].at_s <= self._since_zero():
+                late_s = self._since_zero() - pending[0].at_s
+                if not self._target_ready(pending[0], cluster, driver) and (
+                    late_s < opts.target_wait_s
+                ):
+                    break  # its target (a worker, the driver) is restarting: try next poll
                 killed = self._inject(pending.pop(0), cluster, driver)
                 if killed:
                     driver = None
@@ -186,7 +192,6 @@ class Emulator:
         target, skipped = "", ""
         try:
             if fault.kind is FaultKind.KILL_WORKER:
-                self._wait_for_worker(cluster)
                 target = f"pid {cluster.kill_worker()}"
             elif fault.kind is FaultKind.DRAIN_NODE:
                 node = cluster.drain_node(fault.deadline_s or 0.0)
@@ -214,10 +219,15 @@ class Emulator:
     def _since_zero(self) -> float:
         return 0.0 if self._zero is None else time.monotonic() - self._zero
 
-    def _wait_for_worker(self, cluster: EmulatedCluster) -> None:
-        deadline = time.monotonic() + self.options.target_wait_s
-        while not cluster.train_worker_pids() and time.monotonic() < deadline:
-            time.sleep(self.options.poll_s)
+    @staticmethod
+    def _target_ready(
+        fault: Fault, cluster: EmulatedCluster, driver: subprocess.Popen[bytes] | None
+    ) -> bool:
+        if fault.kind is FaultKind.KILL_WORKER:
+            return bool(cluster.train_worker_pids())
+        if fault.kind is FaultKind.KILL_DRIVER:
+            return driver is not None
+        return True
 
     def _note(self, what: str, detail: str = "") -> None:
         entry = TimelineEntry(self._elapsed(), what, detail)
