@@ -7,61 +7,40 @@ from __future__ import annotations
 
 import os
 
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ValueError(
-            f"{name}={raw!r} is not a number; unset it or give seconds, e.g. 30"
-        ) from exc
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise ValueError(f"{name}={raw!r} is not an integer; unset it or give e.g. 3") from exc
-
+from storage.constants import env_float, env_int
 
 #: Where runs live when neither the spec nor ``--storage`` says: run URL = <storage>/<name>.
 DEFAULT_STORAGE = os.environ.get("SPOTRAIN_STORAGE") or "file://./runs"
 
 #: How long a coordinator's lease on a run lasts without renewal. A SIGKILLed driver blocks the
 #: next ``spotrain run`` of the same run for at most this long. Tests shrink it.
-DEFAULT_LEASE_TTL_S = _env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
+DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
 #: Renew the lease this often. Must stay well below DEFAULT_LEASE_TTL_S (a third of it by default)
 #: so that one slow storage round trip does not let the lease lapse.
-DEFAULT_LEASE_RENEW_S = _env_float("SPOTRAIN_LEASE_RENEW_S", DEFAULT_LEASE_TTL_S / 3)
+DEFAULT_LEASE_RENEW_S = env_float("SPOTRAIN_LEASE_RENEW_S", DEFAULT_LEASE_TTL_S / 3)
 
 #: On SIGTERM, how long the driver waits for the workers' emergency checkpoint to commit before it
 #: exits anyway. Kubernetes' terminationGracePeriodSeconds must be larger than this.
-DEFAULT_SIGTERM_GRACE_S = _env_float("SPOTRAIN_SIGTERM_GRACE_S", 25.0)
+DEFAULT_SIGTERM_GRACE_S = env_float("SPOTRAIN_SIGTERM_GRACE_S", 25.0)
 
 #: Retry budgets (-1 = unlimited). Preemptions are expected on spot machines, so unlimited.
 DEFAULT_MAX_PREEMPTIONS = -1
 DEFAULT_MAX_FAILURES = 3
 #: Storage faults seen by the driver itself (run record, lease) are retried this often per attempt.
-DEFAULT_MAX_STORAGE_FAILURES = _env_int("SPOTRAIN_MAX_STORAGE_FAILURES", 5)
+DEFAULT_MAX_STORAGE_FAILURES = env_int("SPOTRAIN_MAX_STORAGE_FAILURES", 5)
 #: Base of the exponential backoff between attempts; the delay is capped at DEFAULT_BACKOFF_MAX_S
 #: and jittered by +- DEFAULT_BACKOFF_JITTER (fraction). SPOTRAIN_BACKOFF_S overrides the spec.
 DEFAULT_BACKOFF_S = 5.0
 BACKOFF_OVERRIDE_S: float | None = (
-    _env_float("SPOTRAIN_BACKOFF_S", 0.0) if os.environ.get("SPOTRAIN_BACKOFF_S") else None
+    env_float("SPOTRAIN_BACKOFF_S", 0.0) if os.environ.get("SPOTRAIN_BACKOFF_S") else None
 )
-DEFAULT_BACKOFF_MAX_S = _env_float("SPOTRAIN_BACKOFF_MAX_S", 300.0)
+DEFAULT_BACKOFF_MAX_S = env_float("SPOTRAIN_BACKOFF_MAX_S", 300.0)
 DEFAULT_BACKOFF_JITTER = 0.2
 
 #: The controller writes a "metrics" event at every epoch change and at most this often between.
-DEFAULT_METRICS_EVENT_INTERVAL_S = _env_float("SPOTRAIN_METRICS_EVENT_INTERVAL_S", 10.0)
+DEFAULT_METRICS_EVENT_INTERVAL_S = env_float("SPOTRAIN_METRICS_EVENT_INTERVAL_S", 10.0)
 #: How often the live display (and ``spotrain run``'s progress log) polls the run record.
-DEFAULT_PROGRESS_INTERVAL_S = _env_float("SPOTRAIN_PROGRESS_INTERVAL_S", 2.0)
+DEFAULT_PROGRESS_INTERVAL_S = env_float("SPOTRAIN_PROGRESS_INTERVAL_S", 2.0)
 
 #: Environment every Ray worker gets before it imports anything (see DESIGN.md: tf-keras).
 WORKER_ENV_VARS = {"TF_USE_LEGACY_KERAS": "1"}

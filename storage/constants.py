@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """``int(os.environ[name])``, or ``default`` when unset or empty; a clear error otherwise."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -17,7 +18,8 @@ def _env_int(name: str, default: int) -> int:
         ) from None
 
 
-def _env_float(name: str, default: float) -> float:
+def env_float(name: str, default: float) -> float:
+    """``float(os.environ[name])``, or ``default`` when unset or empty; a clear error otherwise."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -49,26 +51,26 @@ STEP_DIGITS = 12
 MAX_STEP = 10**STEP_DIGITS - 1
 
 #: Files of one checkpoint transferred at once (uploads and downloads).
-DEFAULT_TRANSFER_CONCURRENCY = _env_int("SPOTRAIN_TRANSFER_CONCURRENCY", 8)
+DEFAULT_TRANSFER_CONCURRENCY = env_int("SPOTRAIN_TRANSFER_CONCURRENCY", 8)
 #: Read size when hashing/copying local files (bytes). ~1 MiB stays in CPU cache between the
 #: read, the hash and the write; 8 MiB blocks measured 3x slower.
-DEFAULT_HASH_BLOCK_BYTES = _env_int("SPOTRAIN_HASH_BLOCK_BYTES", 2**20)
+DEFAULT_HASH_BLOCK_BYTES = env_int("SPOTRAIN_HASH_BLOCK_BYTES", 2**20)
 
 #: Attempts per storage call before a transient fault becomes TransientStorageError.
-DEFAULT_RETRY_ATTEMPTS = _env_int("SPOTRAIN_RETRY_ATTEMPTS", 6)
+DEFAULT_RETRY_ATTEMPTS = env_int("SPOTRAIN_RETRY_ATTEMPTS", 6)
 #: First backoff; doubles per attempt up to DEFAULT_RETRY_MAX_BACKOFF_S (full jitter).
-DEFAULT_RETRY_INITIAL_BACKOFF_S = _env_float("SPOTRAIN_RETRY_INITIAL_BACKOFF_S", 0.2)
-DEFAULT_RETRY_MAX_BACKOFF_S = _env_float("SPOTRAIN_RETRY_MAX_BACKOFF_S", 10.0)
+DEFAULT_RETRY_INITIAL_BACKOFF_S = env_float("SPOTRAIN_RETRY_INITIAL_BACKOFF_S", 0.2)
+DEFAULT_RETRY_MAX_BACKOFF_S = env_float("SPOTRAIN_RETRY_MAX_BACKOFF_S", 10.0)
 
 #: Uncommitted step directories younger than this are never swept: another writer may still be
 #: uploading them. Must exceed the longest commit (upload of one checkpoint) by a wide margin.
-DEFAULT_SWEEP_MIN_AGE_S = _env_float("SPOTRAIN_SWEEP_MIN_AGE_S", 6 * 3600.0)
+DEFAULT_SWEEP_MIN_AGE_S = env_float("SPOTRAIN_SWEEP_MIN_AGE_S", 6 * 3600.0)
 
 #: Lease time-to-live; a coordinator renews every DEFAULT_LEASE_TTL_S / 3 or so.
-DEFAULT_LEASE_TTL_S = _env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
+DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
 #: A holder refuses to renew in the last margin before expiry (and a taker waits this long after
 #: it), so clock skew + one write's latency below this margin cannot give two holders.
-DEFAULT_LEASE_SAFETY_MARGIN_S = _env_float("SPOTRAIN_LEASE_SAFETY_MARGIN_S", 2.0)
+DEFAULT_LEASE_SAFETY_MARGIN_S = env_float("SPOTRAIN_LEASE_SAFETY_MARGIN_S", 2.0)
 
 #: Test hook: when set to a path, CheckpointStore.commit pauses at named points (see checkpoints).
 PAUSE_ENV = "SPOTRAIN_TEST_COMMIT_PAUSE"

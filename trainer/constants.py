@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import os
 
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
-
-
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
-
+from storage.constants import env_float, env_int
 
 #: Steps between two preemption polls. Every rank polls at the same global steps (the Ray
 #: poll is a barrier), so this must be the same on every worker.
-DEFAULT_PREEMPTION_POLL_STEPS = _env_int("SPOTRAIN_PREEMPTION_POLL_STEPS", 10)
+DEFAULT_PREEMPTION_POLL_STEPS = env_int("SPOTRAIN_PREEMPTION_POLL_STEPS", 10)
 
 #: Shuffle buffer (examples) of the managed input. The order of an epoch is a pure function of
 #: (seed, epoch) for any buffer size; a buffer >= dataset size gives a uniform shuffle.
-DEFAULT_SHUFFLE_BUFFER = _env_int("SPOTRAIN_SHUFFLE_BUFFER", 100_000)
+DEFAULT_SHUFFLE_BUFFER = env_int("SPOTRAIN_SHUFFLE_BUFFER", 100_000)
 
 #: How long the end of training / a preemption waits for the last commit.
-DEFAULT_COMMIT_TIMEOUT_S = _env_float("SPOTRAIN_COMMIT_TIMEOUT_S", 600.0)
+DEFAULT_COMMIT_TIMEOUT_S = env_float("SPOTRAIN_COMMIT_TIMEOUT_S", 600.0)
 
 #: Local folder for checkpoint staging ("" = the system temp dir).
 DEFAULT_LOCAL_TMP_DIR = os.environ.get("SPOTRAIN_LOCAL_TMP_DIR", "")
