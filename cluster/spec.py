@@ -150,10 +150,9 @@ class JobSpec:
 
         return join_run_url(self.storage, self.name)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as plain JSON-able data, in the YAML's shape (for the run record)."""
-        out: dict[str, Any] = {
-            "name": self.name,
+    def _training_fields(self) -> dict[str, Any]:
+        """Fields the YAML spec and the trainer's TrainJob share, under the same names."""
+        return {
             "model": self.model,
             "data": self.data,
             "val_data": self.val_data,
@@ -162,6 +161,13 @@ class JobSpec:
             "global_batch_size": self.global_batch_size,
             "seed": self.seed,
             "deterministic": self.deterministic,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON-able data, in the YAML's shape (for the run record)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            **self._training_fields(),
             "storage": self.storage,
             "storage_options": _redact_options(self.storage_options),
             "checkpoint": {
@@ -230,14 +236,7 @@ class JobSpec:
             "name": self.name,
             "run_url": run_url or absolute_run_url(self.run_url),
             "storage_options": dict(self.storage_options),
-            "model": self.model,
-            "data": self.data,
-            "val_data": self.val_data,
-            "config": dict(self.config),
-            "epochs": self.epochs,
-            "global_batch_size": self.global_batch_size,
-            "seed": self.seed,
-            "deterministic": self.deterministic,
+            **self._training_fields(),
             "checkpoint": checkpoint,
             "callbacks": [dict(c) for c in self.callbacks],
             "working_dir": self.working_dir or None,
