@@ -32,7 +32,7 @@ from trainer import env
 from trainer.data import DataContext
 from trainer.job import TrainJob, load_job_entry
 from trainer.local import run_local
-from trainer.state import get_callback_state
+from trainer.state import cls_is_base_only, get_callback_state
 from trainer.training import build_callbacks
 
 import numpy as np  # isort: skip
@@ -182,8 +182,7 @@ def stateful_callbacks_without_state(job: TrainJob) -> list[str]:
 
 
 def _holds_state(cb: Any) -> bool:
-    base = {"validation_data", "model", "_chief_worker_only", "_supports_tf_logs", "params"}
-    return bool(set(vars(cb)) - base) and not getattr(cb, "spotrain_stateless", False)
+    return not cls_is_base_only(cb) and not getattr(cb, "spotrain_stateless", False)
 
 
 def data_instability(job: TrainJob) -> str | None:
