@@ -5,10 +5,14 @@ and the events the driver and the workers wrote to the run record. For each faul
 
 - detection: fault -> the first ``failure`` / ``preemption`` / ``attempt_end`` event after it
   (for kill-driver: the next driver start, which is when anything can notice);
-- restart: detection -> the ``restore`` event of the next attempt (process start, TensorFlow
-  import, strategy set-up, checkpoint download);
+- restart: detection -> the ``restore`` event of the next attempt, split by the start-up times the
+  chief worker puts in that event into: process (detection -> the train function starts: Ray
+  tears the old worker group down, places and starts the new one, whose processes import Ray and
+  TensorFlow), strategy (MultiWorkerMirroredStrategy's collective set-up), build (the user's
+  model and input pipeline, optimizer slots) and restore;
 - restore: the seconds the trainer spent loading the checkpoint (``restore`` event payload);
-- steps lost: the furthest step known before the fault minus the step restored.
+- steps lost: the step reached at the fault (the furthest step in the events, extrapolated past
+  the last commit at the commit rate) minus the step restored.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ class FaultCost:
     fault: InjectedFault
     detection_s: float | None = None
     restart_s: float | None = None
+    process_s: float | None = None
+    strategy_s: float | None = None
+    build_s: float | None = None
     restore_s: float | None = None
     steps_lost: int | None = None
 
@@ -56,18 +63,53 @@ def _cost(injected: InjectedFault, result: EmulationResult, events: list[Any]) -
     if detected is None:
         return FaultCost(injected)
     restore = next((e for e in after if e.kind == "restore" and e.time >= detected), None)
-    reached = _furthest_step(e for e in events if e.time < injected.wall_time)
+    reached = _step_at(injected.wall_time, events)
     lost = None
     if restore is not None and reached is not None:
         lost = max(0, reached - int(restore.payload.get("step", 0)))
-    seconds = restore.payload.get("seconds") if restore is not None else None
+    payload = restore.payload if restore is not None else {}
+    seconds = payload.get("seconds")
+    entered, tf_ready, started = (
+        payload.get(f"{k}_at") for k in ("entered", "tf_ready", "started")
+    )
     return FaultCost(
         injected,
         detection_s=detected - injected.wall_time,
         restart_s=None if restore is None else restore.time - detected,
+        process_s=_between(detected, entered),
+        strategy_s=_between(entered, tf_ready),
+        build_s=_between(tf_ready, started),
         restore_s=float(seconds) if seconds is not None else None,
         steps_lost=lost,
     )
+
+
+def _between(start: Any, end: Any) -> float | None:
+    """``end - start`` in seconds when both are known (clock skew never makes it negative)."""
+    if start is None or end is None:
+        return None
+    return max(0.0, float(end) - float(start))
+
+
+def _step_at(when: float, events: list[Any]) -> int | None:
+    """The furthest step reached at ``when``. Workers write no event per step, so the furthest
+    step in the events before it is extrapolated past the last commit at the attempt's commit
+    rate (first to last commit since it started), while the attempt was still training."""
+    before = [e for e in events if e.time < when]
+    furthest = _furthest_step(before)
+    start = max((e.time for e in before if e.kind in ("attempt_start", "restore")), default=0.0)
+    commits = [e for e in before if e.kind == "checkpoint_commit" and e.time >= start]
+    if furthest is None or len(commits) < 2:
+        return furthest
+    first, last = commits[0], commits[-1]
+    steps = int(last.payload["step"]) - int(first.payload["step"])
+    seconds = last.time - first.time
+    stopped = any(e.kind in DETECTION_KINDS for e in before if e.time > last.time)
+    if steps > 0 and seconds > 0 and not stopped:
+        furthest = max(
+            furthest, int(last.payload["step"]) + int((when - last.time) * steps / seconds)
+        )
+    return furthest
 
 
 def _furthest_step(events: Any) -> int | None:
@@ -90,13 +132,15 @@ def render(result: EmulationResult, costs: list[FaultCost], summary: dict[str, A
         f"{result.driver_starts} driver start(s), {summary.get('attempts', '?')} attempt(s), "
         f"{summary.get('preemptions', 0)} preemption(s), "
         f"lost steps {summary.get('lost_steps', 0)}",
-        f"{'fault':<28} {'target':<26} {'detect':>7} {'restart':>8} {'restore':>8} {'lost':>5}",
+        f"{'fault':<28} {'target':<26} {'detect':>7} {'restart':>8} "
+        f"{'(process':>9} {'strategy':>8} {'build':>6} {'restore)':>9} {'lost':>5}",
     ]
     for cost in costs:
         f = cost.fault
         lines.append(
             f"{f.fault.describe():<28} {f.target[:26]:<26} {fmt(cost.detection_s):>7} "
-            f"{fmt(cost.restart_s):>8} {fmt(cost.restore_s):>8} "
+            f"{fmt(cost.restart_s):>8} {fmt(cost.process_s):>9} {fmt(cost.strategy_s):>8} "
+            f"{fmt(cost.build_s):>6} {fmt(cost.restore_s):>9} "
             f"{'-' if cost.steps_lost is None else cost.steps_lost:>5}"
         )
     for f in result.faults:

@@ -119,6 +119,8 @@ class RayAttemptRunner:
         from storage.location import RunLocation
         from trainer.worker import train_loop_per_worker
 
+        for name, value in constants.RAY_TRAIN_ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)  # read by Ray Train's controller; a user's wins
         spec = ctx.spec
         working_dir: str | None = spec.working_dir
         job_env = ray.get_runtime_context().runtime_env or {}
@@ -130,10 +132,14 @@ class RayAttemptRunner:
         resources: dict[str, float] = {"CPU": spec.scaling.cpus_per_worker}
         if spec.scaling.use_gpu:
             resources["GPU"] = spec.scaling.gpus_per_worker or 1
+        elastic: dict[str, Any] = {}
+        if spec.scaling.elastic:
+            elastic["elastic_resize_monitor_interval_s"] = spec.scaling.resize_check_s
         scaling = ScalingConfig(
             num_workers=spec.scaling.workers,
             use_gpu=spec.scaling.use_gpu,
             resources_per_worker=resources,
+            **elastic,
         )
         loc = RunLocation.from_url(ctx.run_url, spec.storage_options or None)
         storage_fs = None

@@ -89,12 +89,19 @@ class ScalingSpec:
         use_gpu: give each worker a GPU (NCCL collectives).
         cpus_per_worker: CPUs reserved per worker.
         gpus_per_worker: GPUs per worker when ``use_gpu`` (0 = Ray's default of 1).
+        resize_check_s: elastic runs only: how often Ray Train checks whether more workers fit
+            and, if so, restarts the group larger from the latest checkpoint.
     """
 
     workers: int | tuple[int, int] = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
+    resize_check_s: float = 60.0
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.workers, tuple)
 
     @property
     def max_workers(self) -> int:
@@ -184,6 +191,7 @@ class JobSpec:
                 "use_gpu": self.scaling.use_gpu,
                 "cpus_per_worker": self.scaling.cpus_per_worker,
                 "gpus_per_worker": self.scaling.gpus_per_worker,
+                "resize_check_s": self.scaling.resize_check_s,
             },
             "failures": {
                 "max_preemptions": self.failures.max_preemptions,
@@ -268,7 +276,7 @@ _TOP_FIELDS = {
 }
 _REQUIRED = ("name", "model", "data")
 _CHECKPOINT_FIELDS = ("every_steps", "every_epoch", "keep_last", "keep_every", "async")
-_SCALING_FIELDS = ("workers", "use_gpu", "cpus_per_worker", "gpus_per_worker")
+_SCALING_FIELDS = ("workers", "use_gpu", "cpus_per_worker", "gpus_per_worker", "resize_check_s")
 _FAILURE_FIELDS = ("max_preemptions", "max_failures", "backoff_s")
 _SECRET_HINTS = ("key", "secret", "token", "password")
 
@@ -514,7 +522,10 @@ def _scaling(raw: Any, source: str | None) -> ScalingSpec:
             "allowed: 0, or a number > 0 together with scaling.use_gpu: true",
             source,
         )
-    return ScalingSpec(workers, use_gpu, cpus, gpus)
+    resize = _get(sec, "resize_check_s", float, source, prefix=p, default=d.resize_check_s)
+    if resize <= 0:
+        raise SpecError("scaling.resize_check_s", resize, "allowed: a number of seconds > 0", source)
+    return ScalingSpec(workers, use_gpu, cpus, gpus, resize)
 
 
 def _failures(raw: Any, source: str | None) -> FailureSpec:

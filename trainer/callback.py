@@ -248,6 +248,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
             return self.restored_state
         self._prepare()
         started = time.perf_counter()
+        started_at = time.time()
         tmp = tempfile.mkdtemp(prefix="spotrain-restore-", dir=self.options.local_tmp_dir or None)
         try:
             state = self._download_agreed(tmp)
@@ -280,7 +281,10 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
                         epoch=self.initial_epoch,
                         step_in_epoch=self.initial_step,
                         world_size=self.worker.world_size,
+                        saved_by_world_size=state.get("world_size"),
                         seconds=round(time.perf_counter() - started, 3),
+                        started_at=started_at,
+                        **{f"{k}_at": v for k, v in self.worker.phase_times.items()},
                     )
         self._global_step = self._last_boundary = self.initial_global_step
         return state

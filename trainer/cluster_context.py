@@ -9,7 +9,7 @@ a single worker (rank 0 of 1).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ class WorkerContext:
     world_size: int = 1
     ray: bool = False
     attempt: int = 0
+    #: Unix times this worker reached each start-up phase (``entered``: the train function
+    #: began; ``tf_ready``: the strategy's collectives are set up). The
+    #: restore event carries them, so a recovery can be split into its parts.
+    phase_times: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def detect(cls) -> WorkerContext:

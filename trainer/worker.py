@@ -7,12 +7,12 @@ import, which is enough only if nothing imported TensorFlow earlier in the worke
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from trainer import env
 from trainer.cluster_context import WorkerContext
 from trainer.job import TrainJob
-from trainer.training import make_strategy, train
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +23,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     Raises PreemptedError (retryable) after committing on a noticed preemption, UserCodeError
     (not retryable, with the user's traceback) for errors in the user's code.
     """
+    entered = time.time()
+    # Imported here, not at module level, so TensorFlow's import counts in the "tf_ready" phase
+    # (and the driver, which pickles this function, never imports TensorFlow).
+    from trainer.training import make_strategy, train
+
     job = TrainJob.from_dict(config)
     worker = WorkerContext.detect()
     strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
     env.check_legacy_keras()
+    worker.phase_times.update(entered=entered, tf_ready=time.time())
     logger.info("[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size)
     result = train(job, worker, strategy)
     worker.report(

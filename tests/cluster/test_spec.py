@@ -75,6 +75,7 @@ def test_example_spec_loads_with_defaults() -> None:
         (base(scaling={"workers": [3, 2]}), "scaling.workers", "[min, max]"),
         (base(scaling={"gpus_per_worker": 1}), "scaling.gpus_per_worker", "use_gpu"),
         (base(scaling={"cpu": 1}), "scaling.cpu", "unknown field"),
+        (base(scaling={"resize_check_s": 0}), "scaling.resize_check_s", "> 0"),
         (base(failures={"max_failures": -2}), "failures.max_failures", "-1 (unlimited)"),
         (base(failures={"backoff_s": "5s"}), "failures.backoff_s", "expected a number"),
         (base(callbacks={"early_stopping": {}}), "callbacks", "expected a list"),

@@ -189,3 +189,34 @@ def test_elastic_run_continues_with_fewer_workers_after_losing_a_node(tmp_path):
     _, state = committed_tensors(f"{storage}/digits-elastic")
     assert state["world_size"] == 1, "no node came back: the run must have shrunk to 1 worker"
     assert state["global_batch_size"] == 64
+
+
+def test_elastic_run_grows_when_capacity_arrives(tmp_path):
+    """Start where one worker fits; Ray Train's resize check (every ``resize_check_s``) sees the
+    added node and restarts the group with 2 workers from a 1-worker checkpoint."""
+    storage = f"file://{tmp_path}/runs"
+    report_path = tmp_path / "report.json"
+    out = _spotrain(
+        "emulate",
+        "examples/digits-elastic.yaml",
+        "--nodes",
+        "1",
+        "--storage",
+        storage,
+        "--epochs",
+        "40",
+        "--report-json",
+        str(report_path),
+        "--chaos",
+        "add-node@3s",
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["status"]["state"] == "SUCCEEDED"
+    restores = [
+        e["payload"] for e in _events(f"{storage}/digits-elastic") if e["kind"] == "restore"
+    ]
+    grown = [r for r in restores if r["saved_by_world_size"] == 1 and r["world_size"] == 2]
+    assert grown, f"never grew from 1 to 2 workers: {restores}"
+    _, state = committed_tensors(f"{storage}/digits-elastic")
+    assert state["world_size"] == 2 and state["global_batch_size"] == 64
