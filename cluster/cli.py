@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except SpotrainError as exc:  # process boundary: a clear message instead of a traceback
         print(f"spotrain {args.command}: error: {exc}", file=sys.stderr)
         return int(_code_for(exc))
+    except BrokenPipeError:  # `spotrain status | head`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail too
+        return int(ExitCode.OK)
 
 
 def _code_for(exc: BaseException) -> ExitCode:
