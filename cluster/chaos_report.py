@@ -106,9 +106,13 @@ def _step_at(when: float, events: list[Any]) -> int | None:
     seconds = last.time - first.time
     stopped = any(e.kind in DETECTION_KINDS for e in before if e.time > last.time)
     if steps > 0 and seconds > 0 and not stopped:
-        furthest = max(
-            furthest, int(last.payload["step"]) + int((when - last.time) * steps / seconds)
+        # A training run commits again within its largest commit gap: never extrapolate past it
+        # (a run that finished or stalled before the fault made no progress after its commit).
+        widest = max(
+            int(b.payload["step"]) - int(a.payload["step"]) for a, b in zip(commits, commits[1:])
         )
+        ahead = min(int((when - last.time) * steps / seconds), widest)
+        furthest = max(furthest, int(last.payload["step"]) + ahead)
     return furthest
 
 

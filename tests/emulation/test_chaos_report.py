@@ -59,7 +59,7 @@ def test_a_kill_loses_the_steps_after_the_last_commit_and_old_events_lack_phases
 
 
 def test_steps_lost_extrapolate_past_the_last_commit_at_the_commit_rate():
-    kill = InjectedFault(Fault(FaultKind.KILL_WORKER, 4.5), 4.5, T0 + 4.5, "pid 7")
+    kill = InjectedFault(Fault(FaultKind.KILL_WORKER, 3.5), 3.5, T0 + 3.5, "pid 7")
     events = [
         _event("attempt_start", 0.5),
         *(_event("checkpoint_commit", t, step=10 * t) for t in (1.0, 2.0, 3.0)),
@@ -67,7 +67,18 @@ def test_steps_lost_extrapolate_past_the_last_commit_at_the_commit_rate():
         _event("restore", 12.0, step=30, seconds=0.2),
     ]
     [cost] = fault_costs(_result(kill), events)
-    assert cost.steps_lost == 15  # 10 steps/s for 1.5 s after the commit of step 30
+    assert cost.steps_lost == 5  # 10 steps/s for 0.5 s after the commit of step 30
+
+
+def test_steps_lost_never_extrapolate_past_the_widest_commit_gap():
+    kill = InjectedFault(Fault(FaultKind.KILL_WORKER, 60.0), 60.0, T0 + 60.0, "pid 7")
+    events = [
+        *(_event("checkpoint_commit", t, step=10 * t) for t in (1.0, 2.0, 3.0)),
+        _event("failure", 61.0),
+        _event("restore", 70.0, step=30, seconds=0.2),
+    ]
+    [cost] = fault_costs(_result(kill), events)
+    assert cost.steps_lost == 10  # not 570: no commit came for 57 s, so training had stopped
 
 
 def test_a_killed_driver_is_detected_when_the_next_driver_starts():
