@@ -56,12 +56,23 @@ def make_strategy(job: TrainJob, worker: WorkerContext) -> tf.distribute.Strateg
     )
 
 
+#: Errors a collective raises when a peer worker is gone: infrastructure, retried, even when
+#: they surface inside the user's code (build_model creates variables with a broadcast).
+PEER_LOST_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+    tf.errors.DeadlineExceededError,
+)
+
+
 @contextmanager
 def user_code(where: str) -> Iterator[None]:
-    """Turn any exception of the user's code into UserCodeError (not retryable)."""
+    """Turn any exception of the user's code into UserCodeError (not retryable), except a lost
+    peer's collective error, which propagates as it is (retryable)."""
     try:
         yield
-    except SpotrainError:
+    except (SpotrainError, *PEER_LOST_ERRORS):
         raise
     except Exception as exc:  # the user's code may raise anything
         raise UserCodeError(where, repr(exc), traceback.format_exc()) from exc
