@@ -17,6 +17,7 @@ and the events the driver and the workers wrote to the run record. For each faul
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -109,7 +110,7 @@ def _step_at(when: float, events: list[Any]) -> int | None:
         # A training run commits again within its largest commit gap: never extrapolate past it
         # (a run that finished or stalled before the fault made no progress after its commit).
         widest = max(
-            int(b.payload["step"]) - int(a.payload["step"]) for a, b in zip(commits, commits[1:])
+            int(b.payload["step"]) - int(a.payload["step"]) for a, b in itertools.pairwise(commits)
         )
         ahead = min(int((when - last.time) * steps / seconds), widest)
         furthest = max(furthest, int(last.payload["step"]) + ahead)
