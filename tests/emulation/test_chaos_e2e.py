@@ -72,14 +72,21 @@ def _events(run_url: str) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
 
 
-def _emulate(tmp_path: Path, *chaos: str, epochs: str = EPOCHS) -> tuple[dict[str, Any], str]:
+def _emulate(
+    tmp_path: Path,
+    *chaos: str,
+    epochs: str = EPOCHS,
+    job: str = JOB,
+    nodes: str = "2",
+    name: str = "digits-mlp",
+) -> tuple[dict[str, Any], str]:
     storage = f"file://{tmp_path}/runs"
     report_path = tmp_path / "report.json"
     out = _spotrain(
         "emulate",
-        JOB,
+        job,
         "--nodes",
-        "2",
+        nodes,
         "--storage",
         storage,
         "--epochs",
@@ -89,7 +96,7 @@ def _emulate(tmp_path: Path, *chaos: str, epochs: str = EPOCHS) -> tuple[dict[st
         *chaos,
     )
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
-    return json.loads(report_path.read_text()), f"{storage}/digits-mlp"
+    return json.loads(report_path.read_text()), f"{storage}/{name}"
 
 
 def _check_run(report: dict[str, Any], run_url: str, reference: dict[str, Any]) -> list[dict]:
@@ -165,28 +172,24 @@ def test_seeded_random_schedule_of_mixed_faults(tmp_path, references):
     _check_run(report, run_url, references(RANDOM_EPOCHS))
 
 
-def test_elastic_run_continues_with_fewer_workers_after_losing_a_node(tmp_path):
-    storage = f"file://{tmp_path}/runs"
-    report_path = tmp_path / "report.json"
-    out = _spotrain(
-        "emulate",
-        "examples/digits-elastic.yaml",
-        "--nodes",
-        "2",
-        "--storage",
-        storage,
-        "--epochs",
-        EPOCHS,
-        "--report-json",
-        str(report_path),
-        "--chaos",
-        "kill-node@4s",
+def _emulate_elastic(tmp_path: Path, *chaos: str, epochs: str, nodes: str) -> tuple[dict, str]:
+    return _emulate(
+        tmp_path,
+        *chaos,
+        epochs=epochs,
+        job="examples/digits-elastic.yaml",
+        nodes=nodes,
+        name="digits-elastic",
     )
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
-    report = json.loads(report_path.read_text())
+
+
+def test_elastic_run_continues_with_fewer_workers_after_losing_a_node(tmp_path):
+    report, run_url = _emulate_elastic(
+        tmp_path, "--chaos", "kill-node@4s", epochs=EPOCHS, nodes="2"
+    )
     assert report["status"]["state"] == "SUCCEEDED"
     assert report["status"]["total_steps"] == report["status"]["global_step"]
-    _, state = committed_tensors(f"{storage}/digits-elastic")
+    _, state = committed_tensors(run_url)
     assert state["world_size"] == 1, "no node came back: the run must have shrunk to 1 worker"
     assert state["global_batch_size"] == 64
 
@@ -194,29 +197,10 @@ def test_elastic_run_continues_with_fewer_workers_after_losing_a_node(tmp_path):
 def test_elastic_run_grows_when_capacity_arrives(tmp_path):
     """Start where one worker fits; Ray Train's resize check (every ``resize_check_s``) sees the
     added node and restarts the group with 2 workers from a 1-worker checkpoint."""
-    storage = f"file://{tmp_path}/runs"
-    report_path = tmp_path / "report.json"
-    out = _spotrain(
-        "emulate",
-        "examples/digits-elastic.yaml",
-        "--nodes",
-        "1",
-        "--storage",
-        storage,
-        "--epochs",
-        "40",
-        "--report-json",
-        str(report_path),
-        "--chaos",
-        "add-node@3s",
-    )
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
-    report = json.loads(report_path.read_text())
+    report, run_url = _emulate_elastic(tmp_path, "--chaos", "add-node@3s", epochs="40", nodes="1")
     assert report["status"]["state"] == "SUCCEEDED"
-    restores = [
-        e["payload"] for e in _events(f"{storage}/digits-elastic") if e["kind"] == "restore"
-    ]
+    restores = [e["payload"] for e in _events(run_url) if e["kind"] == "restore"]
     grown = [r for r in restores if r["saved_by_world_size"] == 1 and r["world_size"] == 2]
     assert grown, f"never grew from 1 to 2 workers: {restores}"
-    _, state = committed_tensors(f"{storage}/digits-elastic")
+    _, state = committed_tensors(run_url)
     assert state["world_size"] == 2 and state["global_batch_size"] == 64
