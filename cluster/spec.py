@@ -524,7 +524,9 @@ def _scaling(raw: Any, source: str | None) -> ScalingSpec:
         )
     resize = _get(sec, "resize_check_s", float, source, prefix=p, default=d.resize_check_s)
     if resize <= 0:
-        raise SpecError("scaling.resize_check_s", resize, "allowed: a number of seconds > 0", source)
+        raise SpecError(
+            "scaling.resize_check_s", resize, "allowed: a number of seconds > 0", source
+        )
     return ScalingSpec(workers, use_gpu, cpus, gpus, resize)
 
 
