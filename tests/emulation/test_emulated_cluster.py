@@ -38,21 +38,27 @@ def _wait_for(predicate, timeout_s=STARTUP_TIMEOUT_S, what="condition"):
 
 
 def _loop(config):
-    """Rank 0 records each attempt; every rank polls the preemption notice until told to stop."""
+    """Rank 0 records each attempt; every rank polls the preemption notice until told to stop.
+
+    Both calls below are barriers, so every rank makes them equally often: the stop file is read
+    by rank 0 alone and broadcast (a rank that read it itself could leave while its peer waits
+    in the barrier forever).
+    """
     import json
     import time
     import uuid
     from pathlib import Path
 
     import ray.train
+    from ray.train.collective import broadcast_from_rank_zero
 
     out = Path(config["dir"])
     rank = ray.train.get_context().get_world_rank()
     if rank == 0:
         (out / f"attempt-{uuid.uuid4().hex}").touch()
     (out / f"running-{rank}").touch()
-    while not (out / "stop").exists():
-        info = ray.train.get_preemption_info()  # a barrier: every rank calls it equally often
+    while not broadcast_from_rank_zero((out / "stop").exists()):
+        info = ray.train.get_preemption_info()
         if info is not None:
             (out / f"notice-{rank}.json").write_text(
                 json.dumps(
