@@ -134,14 +134,17 @@ def _attempts(path: Path) -> int:
     return len(list(path.glob("attempt-*")))
 
 
-def _both_ranks_running(path: Path) -> bool:
-    return {p.name for p in path.glob("running-*")} == {"running-0", "running-1"}
+def _wait_until_running(emulated: EmulatedCluster, path: Path) -> None:
+    """Both ranks of this test's run are in their loop, one worker on each node."""
+    running = {"running-0", "running-1"}
+    _wait_for(lambda: {p.name for p in path.glob("running-*")} == running, what="both ranks")
+    _wait_for(lambda: len(emulated.train_worker_pids()) == 2, what="a worker on each node")
 
 
 def test_killed_worker_makes_ray_train_restart_the_group(emulated, fit_in_thread, tmp_path):
     fit = fit_in_thread(max_failures=1)
-    _wait_for(lambda: _attempts(tmp_path) == 1 and _both_ranks_running(tmp_path), what="attempt 1")
-    _wait_for(lambda: sum(map(len, emulated.train_worker_pids().values())) == 2, what="2 workers")
+    _wait_until_running(emulated, tmp_path)
+    assert _attempts(tmp_path) == 1
 
     killed = emulated.kill_worker()
 
@@ -155,8 +158,7 @@ def test_killed_worker_makes_ray_train_restart_the_group(emulated, fit_in_thread
 
 def test_drained_node_reaches_every_rank_as_a_preemption_notice(emulated, fit_in_thread, tmp_path):
     fit = fit_in_thread(max_failures=0)
-    _wait_for(lambda: _both_ranks_running(tmp_path), what="both ranks of this run")
-    assert len(emulated.train_worker_pids()) == 2, "one worker per node expected"
+    _wait_until_running(emulated, tmp_path)
     drained = emulated.drain_node(deadline_s=STARTUP_TIMEOUT_S)
 
     notices = _wait_for(
