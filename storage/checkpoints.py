@@ -27,11 +27,6 @@ blip never silently rolls training back.
 The store itself records ``checkpoint_commit`` (step, files, bytes, seconds) and
 ``checkpoint_corrupt`` (step, reason) events in the run record (``StoreOptions.record_events``);
 callers need not write them.
-
-Test hook: ``SPOTRAIN_TEST_COMMIT_PAUSE=<point>@<dir>`` makes commit stop at ``<point>``
-(``after_files:<k>`` once k files are uploaded, or ``before_manifest``), create
-``<dir>/<point>.reached`` and wait there (up to 10 minutes) so a test can SIGKILL it at a known
-moment. Ignored when unset.
 """
 
 from __future__ import annotations
@@ -43,13 +38,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from storage.constants import (
@@ -57,7 +49,6 @@ from storage.constants import (
     DEFAULT_SWEEP_MIN_AGE_S,
     DEFAULT_TRANSFER_CONCURRENCY,
     MANIFEST_NAME,
-    PAUSE_ENV,
 )
 from storage.errors import (
     CheckpointStateError,
@@ -65,15 +56,12 @@ from storage.errors import (
     NoValidCheckpointError,
     SpotrainError,
 )
-from storage.location import (
-    RunLocation,
-    parse_step_dirname,
-    validate_relpath,
-    validate_step,
-)
-from storage.manifest import FileEntry, Manifest, copy_and_hash, dumps_json, sha256_file
+from storage.location import RunLocation, validate_relpath, validate_step
+from storage.manifest import FileEntry, Manifest, dumps_json
+from storage.retention import steps_to_delete, uncommitted_to_sweep
 from storage.retry import RetryOptions, call_with_retry
 from storage.run_record import RunRecord
+from storage.transfer import FileTransfer, SizeAndHash
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,44 +92,16 @@ class StoreOptions:
             raise ValueError(f"StoreOptions.concurrency={self.concurrency}; fix: use >= 1")
 
 
-def _pause_point(point: str) -> None:
-    """Test hook, see the module docstring. A no-op unless SPOTRAIN_TEST_COMMIT_PAUSE is set."""
-    raw = os.environ.get(PAUSE_ENV)
-    if not raw:
-        return
-    want, _, directory = raw.partition("@")
-    if want != point or not directory:
-        return
-    Path(directory, f"{point}.reached").touch()
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # waits to be killed by the test
-        time.sleep(0.05)
-
-
-def _mtime(info: Mapping[str, Any]) -> float | None:
-    """Modification time (unix s) from an fsspec info dict of any backend we know."""
-    for key in ("mtime", "LastModified", "last_modified", "updated", "created", "modified"):
-        value = info.get(key)
-        if value is None:
-            continue
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                continue
-    return None
-
-
 class CheckpointStore:
-    """Committed checkpoints of one run. Thread-safe for concurrent readers; one writer."""
+    """Committed checkpoints of one run. Thread-safe for concurrent readers; one writer.
+
+    ``run`` is the run's :class:`RunLocation`, or its URL (then resolved with
+    ``storage_options`` and ``fs``, see :meth:`RunLocation.from_url`).
+    """
 
     def __init__(
         self,
-        run_url: str,
+        run: str | RunLocation,
         storage_options: Mapping[str, Any] | None = None,
         options: StoreOptions | None = None,
         *,
@@ -149,11 +109,9 @@ class CheckpointStore:
         record: RunRecord | None = None,
     ) -> None:
         self.options = options or StoreOptions()
-        self.loc = RunLocation.from_url(run_url, storage_options, fs=fs)
-        self.record = record or RunRecord(run_url, location=self.loc, retry=self.options.retry)
+        self.loc = RunLocation.resolve(run, storage_options, fs=fs)
+        self.record = record or RunRecord(self.loc, retry=self.options.retry)
         self._lock = threading.Lock()
-        # Real local files (not a wrapper) take a single-pass copy+hash fast path.
-        self._local = isinstance(self.loc.fs, LocalFileSystem)
 
     def __getstate__(self) -> dict[str, Any]:
         # picklable (e.g. to hand a store to a Ray actor); the lock is per process
@@ -174,6 +132,15 @@ class CheckpointStore:
         return self.loc.fs
 
     # -- helpers ---------------------------------------------------------------------------
+    @property
+    def _transfer(self) -> FileTransfer:
+        return FileTransfer(
+            self.fs,
+            concurrency=self.options.concurrency,
+            hash_block_bytes=self.options.hash_block_bytes,
+            call=self._call,
+        )
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return call_with_retry(
             fn, what=what, url=self.loc.url, options=self.options.retry, redact=self.loc.redact
@@ -191,32 +158,22 @@ class CheckpointStore:
         with contextlib.suppress(FileNotFoundError):
             self._call("delete", lambda: self.fs.rm(path, recursive=recursive))
 
-    def _pool(self, n_jobs: int) -> ThreadPoolExecutor:
-        return ThreadPoolExecutor(
-            max_workers=max(1, min(self.options.concurrency, n_jobs)),
-            thread_name_prefix="spotrain-transfer",
-        )
+    def _find(self, path: str, what: str) -> Any:
+        """``fs.find(path, detail=True)`` after dropping cached listings; {} when absent."""
+        self.fs.invalidate_cache(path)
+        try:
+            return self._call(what, lambda: self.fs.find(path, detail=True))
+        except FileNotFoundError:
+            return {}
 
     # -- reading ---------------------------------------------------------------------------
     def committed_steps(self) -> list[int]:
         """Steps whose MANIFEST.json exists, ascending (one recursive listing)."""
-        d = self.loc.checkpoints_dir
-        self.fs.invalidate_cache(d)
-        try:
-            paths = self._call("list checkpoints", lambda: self.fs.find(d))
-        except FileNotFoundError:
-            return []
         steps = set()
-        prefix = d.rstrip("/") + "/"
-        for p in paths:
-            p = p.rstrip("/")
-            idx = p.find(prefix)
-            rel = p[idx + len(prefix) :] if idx >= 0 else p
-            parts = rel.split("/")
-            if len(parts) == 2 and parts[1] == MANIFEST_NAME:
-                step = parse_step_dirname(parts[0])
-                if step is not None:
-                    steps.add(step)
+        for p in self._find(self.loc.checkpoints_dir, "list checkpoints"):
+            parsed = self.loc.split_checkpoint_path(p)
+            if parsed is not None and parsed[1] == MANIFEST_NAME:
+                steps.add(parsed[0])
         return sorted(steps)
 
     def manifest(self, step: int) -> Manifest:
@@ -256,15 +213,7 @@ class CheckpointStore:
                 "checkpoint was written to"
             )
         state_json = dumps_json(dict(state), what="checkpoint state")
-        rels = []
-        for p in sorted(root.rglob("*")):
-            if p.is_file():
-                rel = validate_relpath(p.relative_to(root).as_posix())
-                if rel == MANIFEST_NAME:
-                    raise CheckpointStateError(
-                        f"{p} uses the reserved name {MANIFEST_NAME}; fix: rename that file"
-                    )
-                rels.append(rel)
+        rels = _local_files(root)
         if not rels:
             raise CheckpointStateError(
                 f"local_dir={str(local_dir)!r} holds no files; fix: write the checkpoint first"
@@ -274,104 +223,82 @@ class CheckpointStore:
 
     def _commit(self, step: int, root: Path, rels: list[str], state_json: str) -> Manifest:
         t0 = time.monotonic()
+        self._uncommit(step)
+        try:
+            hashes = self._transfer.put_files(root, rels, self.loc.step_dir(step))
+            files = tuple(FileEntry(rel, *hashes[rel]) for rel in rels)
+            self._check_uploaded(step, files)
+            manifest = self._write_manifest(step, files, state_json)
+        except BaseException as exc:
+            self._abandon(step, exc)
+            raise
+        self._report_commit(manifest, time.monotonic() - t0)
+        return manifest
+
+    def _uncommit(self, step: int) -> None:
+        """Step 1: un-commit an existing ``step`` (manifest first) and clear leftovers of a
+        torn attempt."""
         step_dir = self.loc.step_dir(step)
-        manifest_path = self.loc.manifest_path(step)
-        # 1. un-commit an existing step and clear leftovers of a torn attempt.
-        self._rm(manifest_path)
+        self._rm(self.loc.manifest_path(step))
         self.fs.invalidate_cache(step_dir)
         if self._call("check step dir", lambda: self.fs.exists(step_dir)):
             self._rm(step_dir, recursive=True)
-        # 2. upload + hash in parallel.
-        hashes: dict[str, tuple[int, str]] = {}
-        done_count = [0]
-        count_lock = threading.Lock()
 
-        def upload(rel: str) -> None:
-            src = str(root / rel)
-            dst = f"{step_dir}/{rel}"
-            if self._local:  # one pass: copy and hash together
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                hashes[rel] = self._call(
-                    f"upload {rel}",
-                    lambda: copy_and_hash(src, dst, self.options.hash_block_bytes),
+    def _check_uploaded(self, step: int, files: tuple[FileEntry, ...]) -> None:
+        """Step 3: every uploaded file has its local size (one listing of the step)."""
+        sizes = {}
+        for p, info in self._find(self.loc.step_dir(step), "list uploaded files").items():
+            parsed = self.loc.split_checkpoint_path(p)
+            if parsed is not None and parsed[0] == step:
+                sizes[parsed[1]] = info.get("size")
+        for entry in files:
+            if sizes.get(entry.path) != entry.size:
+                raise CorruptCheckpointError(
+                    f"uploaded {entry.path} has size {sizes.get(entry.path)} on "
+                    f"{self.url}, expected {entry.size}; the commit was abandoned",
+                    self.url,
                 )
-            else:
-                self._call(f"upload {rel}", lambda: self.fs.put_file(src, dst))
-            with count_lock:
-                done_count[0] += 1
-                n = done_count[0]
-            _pause_point(f"after_files:{n}")
 
-        def hash_one(rel: str) -> None:
-            hashes[rel] = sha256_file(root / rel, self.options.hash_block_bytes)
+    def _write_manifest(self, step: int, files: tuple[FileEntry, ...], state_json: str) -> Manifest:
+        """Step 4, the commit: write ``MANIFEST.json`` last; return exactly what readers see."""
+        data = Manifest(step=step, files=files, state=json.loads(state_json)).to_json()
+        manifest = Manifest.from_json(data)
+        path = self.loc.manifest_path(step)
+        self._call("write manifest", lambda: self.fs.pipe_file(path, data))
+        return manifest
 
+    def _abandon(self, step: int, exc: BaseException) -> None:
+        """A failed commit: remove what was uploaded (best effort; sweep catches the rest)."""
+        logger.warning(
+            "[run=%s step=%d] commit failed, removing the uncommitted upload: %s",
+            self.url,
+            step,
+            self.loc.redact(str(exc)),
+        )
         try:
-            with self._pool(2 * len(rels)) as pool:
-                futures: list[Future[None]] = []
-                # biggest first, so the pool stays busy to the end
-                for rel in sorted(rels, key=lambda r: -(root / r).stat().st_size):
-                    if not self._local:
-                        futures.append(pool.submit(hash_one, rel))
-                    futures.append(pool.submit(upload, rel))
-                _done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-                for f in pending:
-                    f.cancel()
-                for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
-            files = tuple(FileEntry(rel, *hashes[rel]) for rel in rels)
-            # 3. verify what landed (one listing).
-            self.fs.invalidate_cache(step_dir)
-            listing = self._call("list uploaded files", lambda: self.fs.find(step_dir, detail=True))
-            sizes = {}
-            for p, info in listing.items():
-                rel = p.rstrip("/").split(step_dir.rstrip("/") + "/", 1)[-1]
-                sizes[rel] = info.get("size")
-            for entry in files:
-                if sizes.get(entry.path) != entry.size:
-                    raise CorruptCheckpointError(
-                        f"uploaded {entry.path} has size {sizes.get(entry.path)} on "
-                        f"{self.url}, expected {entry.size}; the commit was abandoned",
-                        self.url,
-                    )
-            # 4. the manifest, last.
-            manifest = Manifest(step=step, files=files, state=json.loads(state_json))
-            data = manifest.to_json()
-            manifest = Manifest.from_json(data)  # exactly what readers will see
-            _pause_point("before_manifest")
-            self._call("write manifest", lambda: self.fs.pipe_file(manifest_path, data))
-        except BaseException as exc:
-            logger.warning(
-                "[run=%s step=%d] commit failed, removing the uncommitted upload: %s",
-                self.url,
-                step,
-                self.loc.redact(str(exc)),
-            )
-            try:
-                self._rm(manifest_path)
-                self._rm(step_dir, recursive=True)
-            except SpotrainError as cleanup_exc:  # keep the original error; sweep will clean up
-                logger.warning("[run=%s step=%d] cleanup failed: %s", self.url, step, cleanup_exc)
-            raise
-        elapsed = time.monotonic() - t0
+            self._rm(self.loc.manifest_path(step))
+            self._rm(self.loc.step_dir(step), recursive=True)
+        except SpotrainError as cleanup_exc:  # keep the original error; sweep will clean up
+            logger.warning("[run=%s step=%d] cleanup failed: %s", self.url, step, cleanup_exc)
+
+    def _report_commit(self, manifest: Manifest, elapsed: float) -> None:
         mib = manifest.total_bytes / 2**20
         logger.info(
             "[run=%s step=%d] committed %d files, %.1f MiB in %.2fs (%.0f MiB/s)",
             self.url,
-            step,
-            len(files),
+            manifest.step,
+            len(manifest.files),
             mib,
             elapsed,
             mib / elapsed if elapsed > 0 else 0.0,
         )
         self._event(
             "checkpoint_commit",
-            step=step,
-            files=len(files),
+            step=manifest.step,
+            files=len(manifest.files),
             bytes=manifest.total_bytes,
             seconds=round(elapsed, 3),
         )
-        return manifest
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self, dest_dir: str | os.PathLike[str], step: int | None = None) -> Manifest:
@@ -415,62 +342,33 @@ class CheckpointStore:
     def _restore_step(self, step: int, dest: Path) -> Manifest:
         t0 = time.monotonic()
         manifest = self.manifest(step)
-        step_dir = self.loc.step_dir(step)
-        written: list[Path] = []
+        expected = {e.path: e for e in manifest.files}
 
-        def fetch(entry: FileEntry) -> None:
-            local = dest / entry.path
-            local.parent.mkdir(parents=True, exist_ok=True)
-            written.append(local)
-            remote = f"{step_dir}/{entry.path}"
-            try:
-                if self._local:  # one pass: copy and hash together
-                    size, digest = self._call(
-                        f"download {entry.path}",
-                        lambda: copy_and_hash(remote, local, self.options.hash_block_bytes),
-                    )
-                else:
-                    self._call(
-                        f"download {entry.path}", lambda: self.fs.get_file(remote, str(local))
-                    )
-                    size, digest = sha256_file(local, self.options.hash_block_bytes)
-            except FileNotFoundError as exc:
-                raise CorruptCheckpointError(
-                    f"step {step}: file {entry.path} is missing", self.url
-                ) from exc
+        def verify(rel: str, got: SizeAndHash | None) -> None:
+            if got is None:
+                raise CorruptCheckpointError(f"step {step}: file {rel} is missing", self.url)
+            size, digest = got
+            entry = expected[rel]
             if size != entry.size or digest != entry.sha256:
                 raise CorruptCheckpointError(
-                    f"step {step}: file {entry.path} has size {size} sha256 {digest[:12]}..., "
+                    f"step {step}: file {rel} has size {size} sha256 {digest[:12]}..., "
                     f"manifest says size {entry.size} sha256 {entry.sha256[:12]}...",
                     self.url,
                 )
 
-        try:
-            with self._pool(len(manifest.files)) as pool:
-                futures = [pool.submit(fetch, e) for e in manifest.files]
-                wait(futures, return_when=FIRST_EXCEPTION)
-                for f in futures:
-                    f.cancel()
-                for f in futures:
-                    if f.done() and not f.cancelled() and f.exception() is not None:
-                        raise f.exception()  # type: ignore[misc]
-        except BaseException:
-            for p in written:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            raise
-        elapsed = time.monotonic() - t0
+        rels = [e.path for e in manifest.files]
+        self._transfer.get_files(self.loc.step_dir(step), rels, dest, verify)
         logger.info(
             "[run=%s step=%d] restored %d files, %.1f MiB in %.2fs",
             self.url,
             step,
             len(manifest.files),
             manifest.total_bytes / 2**20,
-            elapsed,
+            time.monotonic() - t0,
         )
         return manifest
 
-    # -- retention and sweeping --------------------------------------------------------------
+    # -- retention and sweeping (decisions in storage.retention) ----------------------------
     def delete_step(self, step: int) -> None:
         """Un-commit (manifest first) and delete ``step``."""
         validate_step(step)
@@ -480,17 +378,7 @@ class CheckpointStore:
     def apply_retention(self, keep_last: int, keep_every: int = 0) -> list[int]:
         """Delete committed steps except the newest ``keep_last`` and, when ``keep_every`` > 0,
         every step divisible by ``keep_every``. Returns the deleted steps."""
-        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
-            raise CheckpointStateError(
-                f"keep_last={keep_last!r}; fix: keep at least 1 committed checkpoint"
-            )
-        if isinstance(keep_every, bool) or not isinstance(keep_every, int) or keep_every < 0:
-            raise CheckpointStateError(f"keep_every={keep_every!r}; fix: use 0 (off) or > 0")
-        steps = self.committed_steps()
-        keep = set(steps[-keep_last:])
-        if keep_every:
-            keep |= {s for s in steps if s % keep_every == 0}
-        deleted = [s for s in steps if s not in keep]
+        deleted = steps_to_delete(self.committed_steps(), keep_last, keep_every)
         for s in deleted:
             self.delete_step(s)
         if deleted:
@@ -507,38 +395,32 @@ class CheckpointStore:
         left alone. Returns the swept steps.
         """
         min_age = self.options.sweep_min_age_s if min_age_s is None else float(min_age_s)
-        d = self.loc.checkpoints_dir
-        self.fs.invalidate_cache(d)
-        try:
-            listing = self._call("list checkpoints", lambda: self.fs.find(d, detail=True))
-        except FileNotFoundError:
-            return []
-        prefix = d.rstrip("/") + "/"
-        newest: dict[int, float | None] = {}
-        committed = set()
-        for p, info in listing.items():
-            rel = p.rstrip("/").split(prefix, 1)[-1]
-            parts = rel.split("/")
-            step = parse_step_dirname(parts[0])
-            if step is None or info.get("type") == "directory":
-                continue
-            if len(parts) == 2 and parts[1] == MANIFEST_NAME:
-                committed.add(step)
-            t = _mtime(info)
-            if t is None:
-                try:
-                    t = self.fs.modified(p).timestamp()
-                except (NotImplementedError, OSError, ValueError, AttributeError):
-                    t = None
-            prev = newest.get(step, 0.0)
-            newest[step] = None if t is None or prev is None else max(prev, t)
-        now = time.time()
-        swept = []
-        for step, t in sorted(newest.items()):
-            if step in committed or t is None or now - t < min_age:
-                continue
+        listing = self._find(self.loc.checkpoints_dir, "list checkpoints")
+        swept = uncommitted_to_sweep(
+            self.loc, listing, now=time.time(), min_age_s=min_age, modified=self._modified
+        )
+        for step in swept:
             self._rm(self.loc.step_dir(step), recursive=True)
-            swept.append(step)
         if swept:
             logger.info("[run=%s] swept uncommitted steps %s", self.url, swept)
         return swept
+
+    def _modified(self, path: str) -> float | None:
+        try:
+            return float(self.fs.modified(path).timestamp())
+        except (NotImplementedError, OSError, ValueError, AttributeError):
+            return None
+
+
+def _local_files(root: Path) -> list[str]:
+    """Relative paths of the files under ``root`` (sorted); refuses the manifest's name."""
+    rels = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = validate_relpath(p.relative_to(root).as_posix())
+            if rel == MANIFEST_NAME:
+                raise CheckpointStateError(
+                    f"{p} uses the reserved name {MANIFEST_NAME}; fix: rename that file"
+                )
+            rels.append(rel)
+    return rels

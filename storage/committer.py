@@ -61,7 +61,6 @@ class AsyncCommitter:
         self._error: BaseException | None = None
         self._closed = False
         self._last_committed_step: int | None = None
-        self._last_manifest: Manifest | None = None
         self._thread = threading.Thread(target=self._loop, name="spotrain-committer", daemon=True)
         self._thread.start()
 
@@ -70,16 +69,6 @@ class AsyncCommitter:
     def last_committed_step(self) -> int | None:
         with self._cond:
             return self._last_committed_step
-
-    @property
-    def last_manifest(self) -> Manifest | None:
-        with self._cond:
-            return self._last_manifest
-
-    @property
-    def busy(self) -> bool:
-        with self._cond:
-            return self._running is not None or self._waiting is not None
 
     def submit(
         self,
@@ -201,5 +190,4 @@ class AsyncCommitter:
             with self._cond:
                 self._running = None
                 self._last_committed_step = job.step
-                self._last_manifest = manifest
                 self._cond.notify_all()

@@ -2,8 +2,8 @@
 
 ``lease.json`` holds ``holder``, ``expires_at`` (unix s), ``generation`` and ``released``.
 Acquire creates it with a create-only write; taking over an expired or released lease, renewing
-and releasing are compare-and-swap writes against the version that was read. What each backend
-guarantees:
+and releasing are compare-and-swap writes against the version that was read. Each backend is
+one small class in :mod:`storage.lease_backends`, chosen once by protocol. What each guarantees:
 
 * local files (``file://``, bare paths): create = write a temp file, then ``os.link`` it to
   ``lease.json`` (atomic, fails if it exists); compare-and-swap = ``fcntl.flock`` on
@@ -12,7 +12,7 @@ guarantees:
 * ``s3://`` (AWS S3 and servers that honour conditional writes): create = PutObject with
   ``If-None-Match: *``; compare-and-swap = PutObject with ``If-Match: <ETag read>``. Exact.
   SeaweedFS 4.48 honours both (answers 412 PreconditionFailed; s3fs does not map that answer to
-  FileExistsError, so it is recognised here). Every create is also read back (write-then-verify),
+  FileExistsError, so it is recognised there). Every create is also read back (write-then-verify),
   so a server that silently ignores the condition still cannot give the lease to two creators
   that do not overlap in time; it narrows, but cannot close, the window for exact overlaps.
 * ``memory://``: a process-wide lock; exact within the process (the store is per process).
@@ -27,11 +27,8 @@ one write's latency stays below the margin.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,11 +41,11 @@ from fsspec.spec import AbstractFileSystem
 
 from storage.constants import DEFAULT_LEASE_SAFETY_MARGIN_S, DEFAULT_LEASE_TTL_S
 from storage.errors import InvalidNameError, LeaseHeldError, LeaseLostError
+from storage.lease_backends import CasBackend, backend_for
 from storage.location import RunLocation
 from storage.retry import RetryOptions, call_with_retry
 
 logger = logging.getLogger(__name__)
-_memory_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -96,29 +93,6 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def _is_precondition_failed(exc: BaseException) -> bool:
-    cur: BaseException | None = exc
-    for _ in range(5):
-        if cur is None:
-            return False
-        response = getattr(cur, "response", None)
-        if isinstance(response, dict):
-            code = str(response.get("Error", {}).get("Code", ""))
-            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            return code in (
-                "PreconditionFailed",
-                "412",
-                "ConditionalRequestConflict",
-            ) or status in (
-                409,
-                412,
-            )
-        if "precondition" in str(cur).lower():
-            return True
-        cur = cur.__cause__ or cur.__context__
-    return False
-
-
 class Lease:
     """Exclusive, expiring ownership of a run; see the module docstring for guarantees.
 
@@ -129,7 +103,7 @@ class Lease:
 
     def __init__(
         self,
-        run_url: str,
+        run: str | RunLocation,
         holder_id: str,
         ttl_s: float = DEFAULT_LEASE_TTL_S,
         storage_options: Mapping[str, Any] | None = None,
@@ -148,7 +122,7 @@ class Lease:
                 f"ttl_s={ttl_s} must exceed 2 * safety_margin_s={safety_margin_s}; fix: raise "
                 "ttl_s (SPOTRAIN_LEASE_TTL_S) or lower the margin"
             )
-        self.loc = RunLocation.from_url(run_url, storage_options, fs=fs)
+        self.loc = RunLocation.resolve(run, storage_options, fs=fs)
         self.holder_id = holder_id
         self.ttl_s = float(ttl_s)
         self.safety_margin_s = float(safety_margin_s)
@@ -156,6 +130,7 @@ class Lease:
         self.clock = clock
         self._mine: LeaseInfo | None = None
         self._token: str | None = None
+        self._cas: CasBackend = backend_for(self.loc, self.loc.lease_path, self._call)
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -166,10 +141,6 @@ class Lease:
     def held(self) -> bool:
         return self._mine is not None and self.clock() < self._mine.expires_at
 
-    @property
-    def expires_at(self) -> float | None:
-        return self._mine.expires_at if self._mine else None
-
     def read(self) -> LeaseInfo | None:
         """The current lease document, or None when there is none."""
         info, _ = self._read()
@@ -179,22 +150,22 @@ class Lease:
         """Take the lease or raise LeaseHeldError(holder, expires_at)."""
         info, token = self._read()
         now = self.clock()
-        if info is None and token is None:
+        if token is None:  # no lease.json at all
             new = self._new_info(0)
-            ok, new_token = self._create(new)
-            if not ok:
+            new_token = self._cas.create(new.to_json())
+            if new_token is None:
                 return self._raise_held("acquire")
         else:
+            # a taker waits safety_margin_s past the expiry (see the module docstring)
             if (
                 info is not None
                 and info.holder != self.holder_id
-                and not info.released
-                and now < info.expires_at + self.safety_margin_s
+                and info.active(now - self.safety_margin_s)
             ):
                 self._raise_held("acquire", info)
             new = self._new_info(info.generation + 1 if info else 0)
-            ok, new_token = self._replace(new, token)
-            if not ok:
+            new_token = self._cas.replace(new.to_json(), token)
+            if new_token is None:
                 return self._raise_held("acquire")
         self._mine, self._token = new, new_token
         logger.info(
@@ -225,8 +196,8 @@ class Lease:
                 mine.expires_at,
             )
         new = self._new_info(self._mine.generation)
-        ok, token = self._replace(new, self._token)
-        if not ok:
+        token = self._cas.replace(new.to_json(), self._token)
+        if token is None:
             self._mine = self._token = None
             current = self.read()
             raise LeaseLostError(
@@ -250,8 +221,7 @@ class Lease:
             released=True,
             nonce=uuid.uuid4().hex,
         )
-        ok, _ = self._replace(released, self._token)
-        if not ok:
+        if self._cas.replace(released.to_json(), self._token) is None:
             logger.warning(
                 "[run=%s] lease of %s was already taken over at release",
                 self.loc.url,
@@ -301,178 +271,7 @@ class Lease:
             fn, what=what, url=self.loc.url, options=self.retry, redact=self.loc.redact
         )
 
-    @property
-    def _kind(self) -> str:
-        if self.loc.is_local:
-            return "local"
-        if self.loc.protocol == "memory":
-            return "memory"
-        if self.loc.protocol in ("s3", "s3a") and hasattr(self.loc.fs, "call_s3"):
-            return "s3"
-        return "generic"
-
     def _read(self) -> tuple[LeaseInfo | None, str | None]:
-        """(lease, version token); (None, None) when absent. A garbled file gives (None, token)."""
-        fs, path = self.loc.fs, self.path
-        if self._kind == "s3":
-            bucket, key, _ = fs.split_path(path)
-
-            def get() -> tuple[bytes, str]:
-                resp = fs.call_s3("get_object", Bucket=bucket, Key=key)
-                return _sync_read(fs, resp["Body"]), str(resp["ETag"])
-
-            try:
-                data, etag = self._call("read lease", get)
-            except FileNotFoundError:
-                return None, None
-            return LeaseInfo.from_json(data), etag
-        try:
-            data = self._call("read lease", lambda: fs.cat_file(path))
-        except FileNotFoundError:
-            return None, None
-        return LeaseInfo.from_json(data), hashlib.sha256(data).hexdigest()
-
-    def _create(self, info: LeaseInfo) -> tuple[bool, str | None]:
-        data = info.to_json()
-        kind, fs, path = self._kind, self.loc.fs, self.path
-        if kind == "local":
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                return False, None
-            finally:
-                os.unlink(tmp)
-            return True, hashlib.sha256(data).hexdigest()
-        if kind == "memory":
-            with _memory_lock:
-                if fs.exists(path):
-                    return False, None
-                fs.pipe_file(path, data)
-            return True, hashlib.sha256(data).hexdigest()
-        if kind == "s3":
-            bucket, key, _ = fs.split_path(path)
-            try:
-                resp = self._call(
-                    "create lease",
-                    lambda: fs.call_s3(
-                        "put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"
-                    ),
-                )
-            except Exception as exc:
-                if isinstance(exc, FileExistsError) or _is_precondition_failed(exc):
-                    return False, None
-                raise
-            fs.invalidate_cache(path)
-            current, token = self._read()  # write-then-verify, see module docstring
-            if current is None or current.nonce != info.nonce:
-                return False, None
-            return True, token or str(resp.get("ETag"))
-        # generic: write-then-verify
-        if self._read() != (None, None):
-            return False, None
-        self._call("create lease", lambda: fs.pipe_file(path, data))
-        current, token = self._read()
-        return (current is not None and current.nonce == info.nonce), token
-
-    def _replace(self, info: LeaseInfo, token: str | None) -> tuple[bool, str | None]:
-        data = info.to_json()
-        new_token = hashlib.sha256(data).hexdigest()
-        kind, fs, path = self._kind, self.loc.fs, self.path
-        if kind == "local":
-            import fcntl
-
-            with open(path + ".lock", "a+b") as lock:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-                try:
-                    try:
-                        with open(path, "rb") as f:
-                            current = hashlib.sha256(f.read()).hexdigest()
-                    except FileNotFoundError:
-                        current = None
-                    if current != token:
-                        return False, None
-                    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-                    with open(tmp, "wb") as f:
-                        f.write(data)
-                        f.flush()
-                        os.fsync(f.fileno())
-                    os.replace(tmp, path)
-                finally:
-                    fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-            return True, new_token
-        if kind == "memory":
-            with _memory_lock:
-                try:
-                    current = hashlib.sha256(fs.cat_file(path)).hexdigest()
-                except FileNotFoundError:
-                    current = None
-                if current != token:
-                    return False, None
-                fs.pipe_file(path, data)
-            return True, new_token
-        if kind == "s3":
-            if token is None:
-                return self._create(info)
-            bucket, key, _ = fs.split_path(path)
-            try:
-                resp = self._call(
-                    "update lease",
-                    lambda: fs.call_s3(
-                        "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=token
-                    ),
-                )
-            except Exception as exc:
-                if _is_precondition_failed(exc) or isinstance(exc, FileNotFoundError):
-                    return False, None
-                raise
-            fs.invalidate_cache(path)
-            after, etag = self._read()
-            if after is None or after.nonce != info.nonce:
-                return False, None
-            return True, etag or str(resp.get("ETag"))
-        _, current_token = self._read()
-        if current_token != token:
-            return False, None
-        self._call("update lease", lambda: fs.pipe_file(path, data))
-        after, tok = self._read()
-        return (after is not None and after.nonce == info.nonce), tok
-
-
-def read_lease(
-    run_url: str,
-    storage_options: Mapping[str, Any] | None = None,
-    *,
-    fs: AbstractFileSystem | None = None,
-) -> LeaseInfo | None:
-    """What ``<run>/lease.json`` says now (None if absent or unreadable); for status displays."""
-    loc = RunLocation.from_url(run_url, storage_options, fs=fs)
-    try:
-        data = call_with_retry(
-            lambda: loc.fs.cat_file(loc.lease_path),
-            what="read lease",
-            url=loc.url,
-            options=RetryOptions(),
-            redact=loc.redact,
-        )
-    except FileNotFoundError:
-        return None
-    return LeaseInfo.from_json(data)
-
-
-def _sync_read(fs: Any, body: Any) -> bytes:
-    """Read an aiobotocore streaming body from sync code, on the filesystem's event loop."""
-    from fsspec.asyn import sync
-
-    async def read() -> bytes:
-        try:
-            return await body.read()
-        finally:
-            body.close()
-
-    return sync(fs.loop, read)
+        """(lease, version); (None, None) when absent. A garbled file gives (None, version)."""
+        data, version = self._cas.read()
+        return (None if data is None else LeaseInfo.from_json(data)), version

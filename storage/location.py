@@ -173,6 +173,26 @@ class RunLocation:
             )
         return cls(fs=fs, root=root, url=redact_url(url), secrets=secrets)
 
+    @classmethod
+    def resolve(
+        cls,
+        run: str | RunLocation,
+        storage_options: Mapping[str, Any] | None = None,
+        fs: AbstractFileSystem | None = None,
+    ) -> RunLocation:
+        """``run`` itself when it is a RunLocation, else :meth:`from_url` of the URL ``run``.
+
+        Every storage class takes its run this way: build the location once, pass it on.
+        """
+        if not isinstance(run, RunLocation):
+            return cls.from_url(run, storage_options, fs=fs)
+        if storage_options or fs is not None:
+            raise TypeError(
+                f"run={run.url!r} is already a RunLocation; fix: pass storage_options and fs to "
+                "RunLocation.from_url, not beside a RunLocation"
+            )
+        return run
+
     # -- paths -----------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -198,6 +218,19 @@ class RunLocation:
 
     def manifest_path(self, step: int) -> str:
         return self.step_dir(step) + "/" + MANIFEST_NAME
+
+    def split_checkpoint_path(self, path: str) -> tuple[int, str] | None:
+        """``(step, path inside the step directory)`` of a path listed under
+        ``checkpoints_dir`` (``""`` for the step directory itself), or None for anything that
+        is not inside a ``<step:012d>`` directory. The one parser of listed step paths."""
+        prefix = self.checkpoints_dir.rstrip("/") + "/"
+        path = path.rstrip("/")
+        idx = path.find(prefix)
+        if idx < 0:
+            return None
+        name, _, rel = path[idx + len(prefix) :].partition("/")
+        step = parse_step_dirname(name)
+        return None if step is None else (step, rel)
 
     def display(self, path: str) -> str:
         """A loggable form of ``path`` (a path on ``fs``): the redacted URL plus the suffix."""
@@ -248,19 +281,11 @@ def _redact_urls_in(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
-def redact_text(text: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Mask URL credentials and ``storage_options`` secrets in free text (logs, messages)."""
-    for secret in sorted(set(_secret_values(dict(storage_options or {}))), key=len, reverse=True):
-        text = text.replace(secret, _REDACTED)
-    return _redact_urls_in(text)
-
-
 __all__ = [
     "NAME_RE",
     "RunLocation",
     "join_run_url",
     "parse_step_dirname",
-    "redact_text",
     "redact_url",
     "step_dirname",
     "validate_name",

@@ -147,7 +147,3 @@ def copy_and_hash(
                 chunk = chunk[written:]
             size += n
     return size, h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

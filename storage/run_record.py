@@ -6,8 +6,10 @@ time (lexicographic = chronological, within clock skew between machines), and th
 id makes it unique across concurrent writers without coordination. Within one process seqs are
 strictly increasing even when the clock does not move.
 
-Events are written with a create-only write where the backend has one, so an event is never
-overwritten.
+Events are written with a plain write (``pipe_file``), not a create-only one: nothing checks
+that the object is absent first. An event is not overwritten in practice because no two writes
+share a seq, not because the backend refuses it; writes are neither fenced nor checked against
+the lease.
 """
 
 from __future__ import annotations
@@ -81,18 +83,21 @@ class Event:
 
 
 class RunRecord:
-    """``run.json`` and the event log of one run."""
+    """``run.json`` and the event log of one run.
+
+    ``run`` is the run's :class:`RunLocation`, or its URL (then resolved with
+    ``storage_options`` and ``fs``, see :meth:`RunLocation.from_url`).
+    """
 
     def __init__(
         self,
-        run_url: str,
+        run: str | RunLocation,
         storage_options: Mapping[str, Any] | None = None,
         *,
         retry: RetryOptions | None = None,
         fs: AbstractFileSystem | None = None,
-        location: RunLocation | None = None,
     ) -> None:
-        self.loc = location or RunLocation.from_url(run_url, storage_options, fs=fs)
+        self.loc = RunLocation.resolve(run, storage_options, fs=fs)
         self.retry = retry or RetryOptions()
 
     @property

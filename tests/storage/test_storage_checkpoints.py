@@ -18,11 +18,10 @@ from storage.errors import (
     PermanentStorageError,
     TransientStorageError,
 )
-from storage.manifest import sha256_bytes
 from storage.run_record import RunRecord
 from tests.conftest import FAST_RETRY
 from tests.fakes import FaultyFileSystem, corrupt_file
-from tests.storage.helpers import make_checkpoint, read_tree
+from tests.storage.helpers import make_checkpoint, read_tree, sha256_bytes
 
 OPTS = StoreOptions(retry=FAST_RETRY, concurrency=4)
 

@@ -174,10 +174,9 @@ def test_two_processes_race(
     assert third.acquire().holder == "p3"
 
 
-def test_read_lease_helper(run_url: str, storage_options: dict) -> None:
-    from storage.lease import read_lease
-
-    assert read_lease(run_url, storage_options) is None
+def test_read_lease(run_url: str, storage_options: dict) -> None:
+    reader = _lease(run_url, storage_options, "reader")
+    assert reader.read() is None
     _lease(run_url, storage_options, "h").acquire()
-    info = read_lease(run_url, storage_options)
+    info = reader.read()
     assert info is not None and info.holder == "h" and info.active(time.time())

@@ -16,7 +16,6 @@ from storage.errors import (
 from storage.location import (
     RunLocation,
     join_run_url,
-    redact_text,
     redact_url,
     validate_name,
     validate_relpath,
@@ -90,7 +89,7 @@ def test_redact_text_masks_storage_option_secrets() -> None:
         "client_kwargs": {"aws_session_token": "tok-123"},
     }
     text = "failed with key AKIAEXAMPLE secret s3cr3t-value token tok-123 at s3://u:p@b/x"
-    out = redact_text(text, opts)
+    out = RunLocation.from_url("memory://x/run", opts).redact(text)
     for s in ("AKIAEXAMPLE", "s3cr3t-value", "tok-123", "u:p@"):
         assert s not in out
 

@@ -1,4 +1,4 @@
-"""Pin what the S3 stack here does with conditional writes (lease.py relies on it).
+"""Pin what the S3 stack here does with conditional writes (the lease's S3 backend relies on it).
 
 If one of these starts failing after an upgrade, re-check the guarantees documented in
 storage/lease.py.
@@ -29,7 +29,7 @@ def test_seaweedfs_honours_if_none_match_and_if_match(seaweed: SeaweedServer) ->
 
 def test_s3fs_create_mode_error_is_not_file_exists_on_seaweedfs(seaweed: SeaweedServer) -> None:
     """SeaweedFS's 412 carries no Condition field, so s3fs maps it to OSError(EINVAL), not
-    FileExistsError: callers must look at the ClientError cause (lease.py does)."""
+    FileExistsError: callers must look at the ClientError cause (lease_backends.py does)."""
     fs = s3fs.S3FileSystem(**seaweed.storage_options)
     path = f"{seaweed.bucket}/pins/create"
     fs.pipe_file(path, b"1", mode="create")

@@ -1,7 +1,8 @@
 """A writer SIGKILLed mid-commit leaves nothing readers can see; the step can be redone.
 
-The child pauses at a named point of CheckpointStore.commit (SPOTRAIN_TEST_COMMIT_PAUSE) and
-signals it reached it by creating a file, so the kill lands exactly there, not by timing luck.
+The child pauses at a named point of CheckpointStore.commit (tests.storage.commit_pause patches
+the real upload and manifest functions) and signals it reached it by creating a file, so the kill
+lands exactly there, not by timing luck.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 import pytest
 
 from storage.checkpoints import CheckpointStore, StoreOptions
-from storage.constants import PAUSE_ENV
 from storage.run_record import RunRecord
 from tests.conftest import FAST_RETRY
 from tests.storage.helpers import make_checkpoint, read_tree
@@ -29,6 +29,8 @@ BIG = {f"shard-{i}.bin": 4 * MiB for i in range(4)}  # 16 MiB in 4 files
 CHILD = """
 import json, sys
 from storage.checkpoints import CheckpointStore, StoreOptions
+from tests.storage.commit_pause import install
+install(sys.argv[4], sys.argv[5])
 store = CheckpointStore(sys.argv[1], json.loads(sys.argv[2]), StoreOptions(concurrency=1))
 store.commit(2, sys.argv[3], {"step": 2})
 print("COMMITTED")
@@ -72,7 +74,6 @@ def test_sigkill_mid_commit(
     else:
         flags = tmp_path / "flags"
         flags.mkdir()
-        env = dict(os.environ, **{PAUSE_ENV: f"{point}@{flags}"})
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -81,8 +82,9 @@ def test_sigkill_mid_commit(
                 run_url,
                 json.dumps(storage_options),
                 str(tmp_path / "c2"),
+                point,
+                str(flags),
             ],
-            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

@@ -1,0 +1,148 @@
+"""Parallel copies of whole files between local disk and one fsspec filesystem.
+
+:func:`run_parallel` is the one thread-pool pattern of the package: jobs run on up to
+``concurrency`` threads, the first failure cancels the jobs not yet started and is re-raised
+once the running ones have ended. :class:`FileTransfer` puts and gets lists of files with it,
+each storage call retried by the caller's retry function. On real local files (not a wrapper)
+copy and sha256 are one pass per file; elsewhere the local side is hashed separately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from functools import partial
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
+
+from storage.manifest import copy_and_hash, sha256_file
+
+T = TypeVar("T")
+
+#: (size, sha256 hex) of one file.
+SizeAndHash = tuple[int, str]
+
+
+class RetryingCall(Protocol):
+    """``call(what, fn)``: run ``fn`` with the store's retries; ``what`` names it in errors."""
+
+    def __call__(self, what: str, fn: Callable[[], T]) -> T: ...
+
+
+def run_parallel(jobs: Sequence[Callable[[], None]], concurrency: int) -> None:
+    """Run ``jobs`` on up to ``concurrency`` threads; re-raise the first failure.
+
+    After a failure, jobs not yet started are cancelled; running ones finish before the error
+    propagates, so nothing is left writing behind the caller's back.
+    """
+    if not jobs:
+        return
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(concurrency, len(jobs))), thread_name_prefix="spotrain-transfer"
+    ) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        for f in futures:
+            f.cancel()
+        for f in futures:
+            if f.done() and not f.cancelled():
+                exc = f.exception()
+                if exc is not None:
+                    raise exc
+
+
+class FileTransfer:
+    """Puts and gets whole files on ``fs``, ``concurrency`` at once, every call through ``call``."""
+
+    def __init__(
+        self,
+        fs: AbstractFileSystem,
+        *,
+        concurrency: int,
+        hash_block_bytes: int,
+        call: RetryingCall,
+    ) -> None:
+        self.fs = fs
+        self.concurrency = concurrency
+        self.hash_block_bytes = hash_block_bytes
+        self.call = call
+        #: real local files (not a wrapper): single-pass copy + hash
+        self.local = isinstance(fs, LocalFileSystem)
+
+    # -- one file --------------------------------------------------------------------------
+    def put_file(self, src: Path, dst: str, what: str) -> SizeAndHash | None:
+        """Upload ``src`` to ``dst``; on local files also return (size, sha256) of ``src``."""
+        if self.local:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            return self.call(what, lambda: copy_and_hash(src, dst, self.hash_block_bytes))
+        self.call(what, lambda: self.fs.put_file(str(src), dst))
+        return None
+
+    def get_file(self, src: str, dst: Path, what: str) -> SizeAndHash:
+        """Download ``src`` to ``dst``; return (size, sha256) of what landed."""
+        if self.local:
+            return self.call(what, lambda: copy_and_hash(src, dst, self.hash_block_bytes))
+        self.call(what, lambda: self.fs.get_file(src, str(dst)))
+        return sha256_file(dst, self.hash_block_bytes)
+
+    # -- lists of files --------------------------------------------------------------------
+    def put_files(self, root: Path, rels: Sequence[str], dst_dir: str) -> dict[str, SizeAndHash]:
+        """Upload ``root/rel`` to ``dst_dir/rel`` for every ``rel``, biggest first (so the pool
+        stays busy to the end), hashing the sources alongside. Returns {rel: (size, sha256)}."""
+        hashes: dict[str, SizeAndHash] = {}
+
+        def upload(rel: str) -> None:
+            got = self.put_file(root / rel, f"{dst_dir}/{rel}", f"upload {rel}")
+            if got is not None:
+                hashes[rel] = got
+
+        def hash_one(rel: str) -> None:
+            hashes[rel] = sha256_file(root / rel, self.hash_block_bytes)
+
+        jobs: list[Callable[[], None]] = []
+        for rel in sorted(rels, key=lambda r: -(root / r).stat().st_size):
+            if not self.local:
+                jobs.append(partial(hash_one, rel))
+            jobs.append(partial(upload, rel))
+        run_parallel(jobs, self.concurrency)
+        return hashes
+
+    def get_files(
+        self,
+        src_dir: str,
+        rels: Sequence[str],
+        dest: Path,
+        verify: Callable[[str, SizeAndHash | None], None],
+    ) -> None:
+        """Download ``src_dir/rel`` to ``dest/rel`` for every ``rel``.
+
+        ``verify(rel, got)`` runs on each file as it lands (``got`` is (size, sha256), or None
+        when the remote file does not exist) and raises to abort. On any failure the files this
+        call wrote are deleted before the error is re-raised.
+        """
+        written: list[Path] = []
+
+        def fetch(rel: str) -> None:
+            local = dest / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
+            written.append(local)
+            try:
+                got: SizeAndHash | None = self.get_file(
+                    f"{src_dir}/{rel}", local, f"download {rel}"
+                )
+            except FileNotFoundError:
+                got = None
+            verify(rel, got)
+
+        try:
+            run_parallel([partial(fetch, rel) for rel in rels], self.concurrency)
+        except BaseException:
+            for p in written:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise
