@@ -157,3 +157,39 @@ def test_check_writable_refused(seaweed) -> None:
     with pytest.raises(PermanentStorageError) as info:
         loc.check_writable()
     assert "bad-secret-zzz" not in str(info.value)
+
+
+def test_split_checkpoint_path_is_the_one_step_parser() -> None:
+    loc = RunLocation.from_url("memory://x/run")
+    step_dir = loc.step_dir(42)
+    assert loc.split_checkpoint_path(step_dir) == (42, "")
+    assert loc.split_checkpoint_path(step_dir + "/") == (42, "")
+    assert loc.split_checkpoint_path(loc.manifest_path(42)) == (42, "MANIFEST.json")
+    assert loc.split_checkpoint_path(step_dir + "/a/b.bin") == (42, "a/b.bin")
+    assert loc.split_checkpoint_path(loc.checkpoints_dir + "/42/x") is None
+    assert loc.split_checkpoint_path(loc.checkpoints_dir + "/tmp-000000000001/x") is None
+    assert loc.split_checkpoint_path(loc.run_json) is None
+
+
+def test_storage_classes_take_one_run_location(
+    run_url: str, storage_options: dict, tmp_path
+) -> None:
+    from storage.checkpoints import CheckpointStore, StoreOptions
+    from storage.lease import Lease
+    from storage.run_record import RunRecord
+    from tests.conftest import FAST_RETRY
+    from tests.storage.helpers import make_checkpoint
+
+    loc = RunLocation.from_url(run_url, storage_options)
+    store = CheckpointStore(loc, options=StoreOptions(retry=FAST_RETRY))
+    assert store.loc is loc and store.record.loc is loc
+    assert RunRecord(loc).loc is loc
+    assert Lease(loc, "host:1").loc is loc
+    assert RunLocation.resolve(loc) is loc
+    for make in (CheckpointStore, RunRecord, lambda *a, **k: Lease(a[0], "h", **k)):
+        with pytest.raises(TypeError, match="already a RunLocation"):
+            make(loc, storage_options={"anon": True})
+    make_checkpoint(tmp_path / "c")
+    store.commit(1, tmp_path / "c", {"step": 1})
+    # the URL form still works and sees the same run
+    assert CheckpointStore(run_url, storage_options).committed_steps() == [1]
