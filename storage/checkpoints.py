@@ -1,28 +1,30 @@
 """Checkpoints on any fsspec URL: atomic commit, verified restore with fallback, retention.
 
-Commit protocol (works on object stores without atomic rename):
+Commit protocol (works on object stores without atomic rename), one method per step:
 
-1. If step N is already committed, its ``MANIFEST.json`` is deleted first (the step stops
-   existing for readers), then leftovers of the step directory are removed.
-2. Every file of the local directory is uploaded under ``<run>/checkpoints/<N:012d>/`` in
-   parallel (``StoreOptions.concurrency`` files at once, biggest first), while sha256 of each
-   file is computed in parallel. On real local files copy and hash are one pass per file.
-3. The uploaded sizes are checked against one listing of the step directory.
-4. ``MANIFEST.json`` (files with size + sha256, the caller's JSON state) is written last: that
-   single object write is the commit. A step without a manifest does not exist for any reader
-   and is swept later by :meth:`CheckpointStore.sweep_uncommitted`.
+1. ``_uncommit``: if step N is already committed, its ``MANIFEST.json`` is deleted first (the
+   step stops existing for readers), then leftovers of the step directory are removed.
+2. ``FileTransfer.put_files``: every file of the local directory is uploaded under
+   ``<run>/checkpoints/<N:012d>/`` in parallel (``StoreOptions.concurrency`` files at once,
+   biggest first), while sha256 of each file is computed in parallel. On real local files copy
+   and hash are one pass per file.
+3. ``_check_uploaded``: the uploaded sizes are checked against one listing of the step.
+4. ``_write_manifest``: ``MANIFEST.json`` (files with size + sha256, the caller's JSON state)
+   is written last: that single object write is the commit. A step without a manifest does not
+   exist for any reader and is swept later by :meth:`CheckpointStore.sweep_uncommitted`.
 
-A failure before step 4 removes what was uploaded (best effort) and raises a typed error;
-nothing is ever half-committed. A process killed before step 4 leaves an uncommitted directory
-that readers ignore. Durability against a power loss of the machine itself is the backend's
-(local files are not fsynced; object stores acknowledge durable writes).
+A failure in steps 2-4 removes what was uploaded (``_abandon``, best effort) and raises a typed
+error; nothing is ever half-committed. A process killed before step 4 leaves an uncommitted
+directory that readers ignore. Durability against a power loss of the machine itself is the
+backend's (local files are not fsynced; object stores acknowledge durable writes).
 
 Restore downloads every file of the chosen step in parallel into the destination directory and
 verifies size and sha256 (local files: copied and hashed in one pass). A step with a missing,
-truncated or altered file (or an unreadable manifest) is skipped with a warning and a ``checkpoint_corrupt`` event, and the next older
-committed step is tried; :class:`NoValidCheckpointError` if none is left. Transient faults that
-outlive the retries raise :class:`TransientStorageError` instead of falling back, so a network
-blip never silently rolls training back.
+truncated or altered file (or an unreadable manifest) is skipped with a warning and a
+``checkpoint_corrupt`` event, and the next older committed step is tried;
+:class:`NoValidCheckpointError` if none is left. Transient faults that outlive the retries
+raise :class:`TransientStorageError` instead of falling back, so a network blip never silently
+rolls training back.
 
 The store itself records ``checkpoint_commit`` (step, files, bytes, seconds) and
 ``checkpoint_corrupt`` (step, reason) events in the run record (``StoreOptions.record_events``);
@@ -396,20 +398,12 @@ class CheckpointStore:
         """
         min_age = self.options.sweep_min_age_s if min_age_s is None else float(min_age_s)
         listing = self._find(self.loc.checkpoints_dir, "list checkpoints")
-        swept = uncommitted_to_sweep(
-            self.loc, listing, now=time.time(), min_age_s=min_age, modified=self._modified
-        )
+        swept = uncommitted_to_sweep(self.loc, listing, now=time.time(), min_age_s=min_age)
         for step in swept:
             self._rm(self.loc.step_dir(step), recursive=True)
         if swept:
             logger.info("[run=%s] swept uncommitted steps %s", self.url, swept)
         return swept
-
-    def _modified(self, path: str) -> float | None:
-        try:
-            return float(self.fs.modified(path).timestamp())
-        except (NotImplementedError, OSError, ValueError, AttributeError):
-            return None
 
 
 def _local_files(root: Path) -> list[str]:

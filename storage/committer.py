@@ -9,9 +9,9 @@ free. A commit that is already uploading is never cancelled.
 A submitted ``local_dir`` belongs to the committer until its commit ends: write each
 checkpoint to a fresh directory. An upload error is captured and re-raised by the next
 :meth:`submit`, :meth:`wait_until_finished` or :meth:`close` (once); the local directory of a
-failed commit is kept, and a checkpoint waiting behind it is still committed. After a successful commit the local
-directory is deleted (``delete_local=True``) and ``on_done(manifest)`` is called on the
-background thread.
+failed commit is kept, and a checkpoint waiting behind it is still committed. After a successful
+commit the local directory is deleted (``delete_local=True``) and ``on_done(manifest)`` is
+called on the background thread.
 """
 
 from __future__ import annotations

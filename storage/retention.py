@@ -6,7 +6,7 @@ does the listing and the deleting (``apply_retention``, ``sweep_uncommitted``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -36,11 +36,10 @@ def uncommitted_to_sweep(
     *,
     now: float,
     min_age_s: float,
-    modified: Callable[[str], float | None],
 ) -> list[int]:
     """Steps of a detailed listing of ``loc.checkpoints_dir`` that have no manifest and whose
     newest file is at least ``min_age_s`` old. A step with any file of unknown modification
-    time (neither in its info nor from ``modified(path)``) is kept."""
+    time (neither in its info nor from ``loc.fs.modified``) is kept."""
     newest: dict[int, float | None] = {}
     committed = set()
     for p, info in listing.items():
@@ -52,7 +51,7 @@ def uncommitted_to_sweep(
             committed.add(step)
         t = mtime_of(info)
         if t is None:
-            t = modified(p)
+            t = _modified(loc, p)
         prev = newest.get(step, 0.0)
         newest[step] = None if t is None or prev is None else max(prev, t)
     return [
@@ -78,3 +77,10 @@ def mtime_of(info: Mapping[str, Any]) -> float | None:
             except ValueError:
                 continue
     return None
+
+
+def _modified(loc: RunLocation, path: str) -> float | None:
+    try:
+        return float(loc.fs.modified(path).timestamp())
+    except (NotImplementedError, OSError, ValueError, AttributeError):
+        return None
