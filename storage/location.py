@@ -27,6 +27,7 @@ from fsspec.spec import AbstractFileSystem
 
 from storage.constants import MANIFEST_NAME, MAX_STEP, STEP_DIGITS
 from storage.errors import InvalidNameError
+from storage.retry import RetryOptions, call_with_retry
 
 #: Run names: lowercase letters, digits, '-', '_', '.'; start with a letter or digit; no '..'.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
@@ -251,8 +252,6 @@ class RunLocation:
     def check_writable(self) -> None:
         """Write and delete a probe object under the run; PermanentStorageError (with the fix)
         or TransientStorageError if that fails. Call it once before starting a run."""
-        from storage.retry import RetryOptions, call_with_retry
-
         probe = self.path(f".spotrain-probe-{uuid.uuid4().hex}")
 
         def write_and_delete() -> None:
