@@ -15,7 +15,8 @@
 
 :func:`check_hooks` verifies all three at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
-Ray. No other module of ``cluster/`` touches Ray's private APIs.
+Ray. No other module of ``cluster/`` touches Ray's private APIs (the trainer's one private Ray
+hook is in ``trainer/ray_internals.py``, which defines the shared error type).
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ import ray
 from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
 from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
 
-from storage.errors import SpotrainError
+from trainer.ray_internals import TESTED_RAY, RayInternalsChanged, changed
 
 logger = logging.getLogger(__name__)
-
-TESTED_RAY = "2.60"
 
 __all__ = [
     "FailureDecision",
@@ -43,12 +42,6 @@ __all__ = [
     "drain_node",
     "install_failure_policy",
 ]
-
-
-class RayInternalsChanged(SpotrainError):
-    """The installed Ray lacks a private API spotrain relies on; retrying cannot help."""
-
-    retryable = False
 
 
 _checked = False
@@ -97,11 +90,7 @@ def check_hooks() -> None:
         return
     problems = _problems()
     if problems:
-        raise RayInternalsChanged(
-            f"Ray {ray.__version__} changed private APIs spotrain relies on (tested with "
-            f"{TESTED_RAY}): {'; '.join(problems)}. fix: pin ray=={TESTED_RAY}.* or update "
-            "cluster/ray/internals.py"
-        )
+        raise changed(problems)
     _checked = True
 
 
