@@ -28,4 +28,3 @@ class ExitCode(enum.IntEnum):
     INFRA_ERROR = 4
     HELD = 5
     PREEMPTED = 75
-

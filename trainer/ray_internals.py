@@ -49,7 +49,7 @@ def _get_train_fn_utils() -> Callable[[], Any]:
     get = getattr(module, "get_train_fn_utils", None)
     if get is None or inspect.signature(get).parameters:
         raise changed([f"{TRAIN_FN_UTILS_MODULE}.get_train_fn_utils() is gone or takes arguments"])
-    return get  # type: ignore[no-any-return]
+    return get
 
 
 def check_hooks() -> None:

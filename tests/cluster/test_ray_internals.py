@@ -71,7 +71,7 @@ def test_a_changed_controller_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(internals, "_checked", False)
     with pytest.raises(RayInternalsChanged, match="TrainController no longer takes failure_policy"):
         check_hooks()
-    with pytest.raises(RayInternalsChanged, match="fix: pin ray==2.60"):
+    with pytest.raises(RayInternalsChanged, match=r"fix: pin ray==2\.60"):
         install_failure_policy(object(), object())
 
 
