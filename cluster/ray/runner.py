@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 #: ``ray.train.tensorflow`` imports TensorFlow in the driver too, so tf-keras there as well.
 DRIVER_ENV_DEFAULTS = {
     "RAY_CHDIR_TO_TRIAL_DIR": "0",
-    "TF_USE_LEGACY_KERAS": "1",
+    **constants.WORKER_ENV_VARS,
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
 
