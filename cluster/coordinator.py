@@ -1,35 +1,31 @@
 """The coordinator: drives one run through its lifecycle, one transition per :meth:`step`.
 
-It holds the run's lease (renewed by a thread), persists every state and attempt in the run
-record, runs attempts through an :class:`AttemptRunner` (Ray's TensorflowTrainer by default,
-see :mod:`cluster.ray_runner`) and decides RESTART / RAISE with a
-:class:`cluster.failure_policy.FailurePolicy`. Tests drive it with a fake runner, one
-``step()`` at a time.
+It holds the run's lease (renewed by a thread, :mod:`cluster.lease_keeper`), persists every state
+and attempt in the run record, runs attempts through the :class:`cluster.attempt.AttemptRunner`
+it is given (``spotrain run`` passes Ray's, :mod:`cluster.ray.runner`) and decides RESTART /
+RAISE with a :class:`cluster.failure_policy.FailurePolicy`. Tests drive it with a fake runner,
+one ``step()`` at a time.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from cluster import constants
-from cluster.errors import DriverPreempted, UserCodeFailure
-from cluster.failure_policy import (
-    Classified,
-    Decision,
-    FailureKind,
-    FailurePolicy,
-    Verdict,
-    classify,
-    options_from_spec,
+from cluster.attempt import AttemptContext, AttemptRunner, CoordinatorOptions
+from cluster.decisions import (
+    count_budgets,
+    failure_event,
+    made_progress,
+    ray_raise_payload,
+    verdict_from_ray,
 )
+from cluster.errors import DriverPreempted
+from cluster.failure_policy import FailurePolicy, classify, options_from_spec
+from cluster.lease_keeper import LeaseKeeper
 from cluster.spec import JobSpec, absolute_run_url
 from cluster.state import (
     Failed,
@@ -48,137 +44,14 @@ from cluster.state import (
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class CoordinatorOptions:
-    """Settings of one coordinator (one ``spotrain run`` process).
-
-    Attributes:
-        address: Ray address to join; None = ``RAY_ADDRESS`` or an embedded local Ray.
-        lease_ttl_s: lease lifetime; a SIGKILLed driver blocks the next run this long at most.
-        lease_renew_s: renewal period (well below ``lease_ttl_s``).
-        sigterm_grace_s: on SIGTERM, wait at most this long for the emergency checkpoint.
-        backoff_override_s: replaces the spec's ``failures.backoff_s`` (tests, env
-            ``SPOTRAIN_BACKOFF_S``).
-        holder_id: lease holder name (default ``host:pid:random``).
-        verbose: show Ray's worker logs on the driver.
-    """
-
-    address: str | None = None
-    lease_ttl_s: float = constants.DEFAULT_LEASE_TTL_S
-    lease_renew_s: float = constants.DEFAULT_LEASE_RENEW_S
-    sigterm_grace_s: float = constants.DEFAULT_SIGTERM_GRACE_S
-    backoff_override_s: float | None = constants.BACKOFF_OVERRIDE_S
-    holder_id: str = field(
-        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    )
-    verbose: bool = False
-
-
-@dataclass(frozen=True)
-class AttemptContext:
-    """What a runner needs for one attempt."""
-
-    spec: JobSpec
-    run_url: str
-    attempt: int
-    counts: dict[str, int]
-    stop: threading.Event
-    options: CoordinatorOptions
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    global_step: int | None = None
-
-
-class AttemptRunner(Protocol):
-    """Runs one attempt to its end. Returns on success; raises what went wrong otherwise.
-
-    When ``ctx.stop`` is set (driver SIGTERM) it asks the workers for an emergency save, waits
-    for the commit within ``ctx.options.sigterm_grace_s`` and raises ``DriverPreempted``.
-    """
-
-    def run(self, ctx: AttemptContext) -> AttemptResult: ...
-
-    def close(self) -> None: ...
-
-
-class LeaseKeeper:
-    """Acquires the run's lease and renews it from a daemon thread until released."""
-
-    def __init__(
-        self,
-        run_url: str,
-        storage_options: dict[str, Any],
-        options: CoordinatorOptions,
-        on_lost: Callable[[], None] | None = None,
-    ) -> None:
-        from storage.lease import Lease
-
-        self.on_lost = on_lost
-        self.lease = Lease(
-            run_url, options.holder_id, options.lease_ttl_s, storage_options=storage_options or None
-        )
-        self.renew_s = options.lease_renew_s
-        self.lost = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def acquire(self) -> None:
-        self.lease.acquire()  # raises LeaseHeldError(holder, expires_at)
-        self._thread = threading.Thread(target=self._renew_loop, name="spotrain-lease", daemon=True)
-        self._thread.start()
-
-    def _renew_loop(self) -> None:
-        from storage.errors import LeaseHeldError
-
-        while not self._stop.wait(self.renew_s):
-            try:
-                self.lease.renew()
-            except LeaseHeldError:
-                logger.error("lost the run's lease (another coordinator took it over); stopping")
-                self.lost.set()
-                if self.on_lost is not None:
-                    self.on_lost()
-                return
-            except Exception:  # thread boundary: keep renewing through transient faults
-                logger.warning("could not renew the run's lease; retrying", exc_info=True)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        try:
-            self.lease.release()
-        except Exception:  # process boundary: the lease expires by itself anyway
-            logger.warning("could not release the run's lease; it expires by itself", exc_info=True)
-
-
-def count_budgets(events: list[Any]) -> dict[str, int]:
-    """Failures already charged to each budget in this run (one per interrupted attempt)."""
-    from cluster.status import interruptions
-
-    counts = {"preemptions": 0, "failures": 0, "storage": 0}
-    for ev in interruptions(events):
-        if ev.kind == "preemption":
-            counts["preemptions"] += 1
-        elif ev.kind == "failure":
-            kind = ev.payload.get("failure_kind")
-            if kind == FailureKind.STORAGE_TRANSIENT.value:
-                counts["storage"] += 1
-            elif kind in (FailureKind.LOST.value, FailureKind.INTERNAL.value):
-                counts["failures"] += 1
-    return counts
-
-
 class Coordinator:
     """Drives one run. ``start()`` once, then ``step()`` until :meth:`done`; or just ``run()``."""
 
     def __init__(
         self,
         spec: JobSpec,
-        options: CoordinatorOptions | None = None,
-        runner: AttemptRunner | None = None,
+        options: CoordinatorOptions | None,
+        runner: AttemptRunner,
         *,
         record: Any = None,
         store: Any = None,
@@ -199,7 +72,7 @@ class Coordinator:
             store if store is not None else CheckpointStore(self.run_url, storage_options=opts)
         )
         self._lease = lease
-        self._runner = runner
+        self.runner = runner
         self.stop_requested = threading.Event()
         self._sleep = sleep or (lambda s: self.stop_requested.wait(s))
         self.state: State = Pending()
@@ -210,17 +83,8 @@ class Coordinator:
         self._fresh_start = True
         #: A new coordinator on a FAILED run retries it once (the user may have fixed the cause).
         self._resume_failed = False
-        self.last_verdict: Verdict | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    @property
-    def runner(self) -> AttemptRunner:
-        if self._runner is None:
-            from cluster.ray_runner import RayAttemptRunner
-
-            self._runner = RayAttemptRunner()
-        return self._runner
-
     def _prefix(self) -> str:
         return f"[run={self.spec.name} attempt={self.attempt}] "
 
@@ -276,11 +140,10 @@ class Coordinator:
         return self.state
 
     def close(self) -> None:
-        if self._runner is not None:
-            try:
-                self._runner.close()
-            except Exception:  # process boundary
-                logger.warning("closing the attempt runner failed", exc_info=True)
+        try:
+            self.runner.close()
+        except Exception:  # process boundary
+            logger.warning("closing the attempt runner failed", exc_info=True)
         if self._lease is not None:
             self._lease.release()
 
@@ -426,45 +289,24 @@ class Coordinator:
 
     def _attempt_failed(self, exc: BaseException, started: float) -> tuple[State, State]:
         failure = classify(exc)
-        # Ray's controller (cluster.ray_hooks) may already have decided RAISE and charged the
+        # Ray's controller (cluster.ray.hooks) may already have decided RAISE and charged the
         # budget; then its verdict stands and is not charged twice.
-        ray_verdict = self._ray_raise_event()
+        ray_payload = ray_raise_payload(
+            self.record.events(kinds=["attempt_start", "failure", "preemption"])
+        )
+        from_step = self.state.from_step if isinstance(self.state, Running) else None
         self.attempt = max(self.attempt, self._attempts_recorded())
-        if ray_verdict is not None:
-            verdict = Verdict(
-                decision=Decision.RAISE,
-                failure=Classified(
-                    FailureKind(ray_verdict.get("failure_kind", failure.kind.value)),
-                    ray_verdict.get("message", failure.message),
-                    ray_verdict.get("user_traceback", failure.user_traceback),
-                ),
-                budget=ray_verdict.get("budget", ""),
-            )
-            if not verdict.failure.user_traceback and failure.user_traceback:
-                verdict = Verdict(
-                    verdict.decision,
-                    Classified(
-                        verdict.failure.kind, verdict.failure.message, failure.user_traceback
-                    ),
-                    verdict.budget,
-                )
+        if ray_payload is not None:
+            verdict = verdict_from_ray(ray_payload, failure)
         else:
+            latest = self._latest_step()
+            if made_progress(from_step, latest):
+                # Backoff doubles per consecutive failure *without progress*: this one made some.
+                self.policy.record_progress()
             self.policy.log_prefix = self._prefix()
             verdict = self.policy.decide(failure)
-            kind = "preemption" if failure.kind is FailureKind.PREEMPTION else "failure"
-            payload: dict[str, Any] = {
-                "attempt": self.attempt,
-                "failure_kind": failure.kind.value,
-                "message": failure.message[-2000:],
-                "decision": verdict.decision.value,
-                "budget": verdict.budget,
-                "source": "driver",
-                "last_committed_step": self._latest_step(),
-            }
-            if failure.user_traceback:
-                payload["user_traceback"] = failure.user_traceback[-20000:]
+            kind, payload = failure_event(self.attempt, failure, verdict, latest)
             self.record.append_event(kind, **payload)
-        self.last_verdict = verdict
         self.record.append_event(
             "attempt_end",
             attempt=self.attempt,
@@ -499,18 +341,3 @@ class Coordinator:
 
     def _attempts_recorded(self) -> int:
         return sum(1 for e in self.record.events(kinds=["attempt_start"]))
-
-    def _ray_raise_event(self) -> dict[str, Any] | None:
-        events = self.record.events(kinds=["attempt_start", "failure", "preemption"])
-        for ev in reversed(events):
-            if ev.kind == "attempt_start":
-                return None
-            if ev.payload.get("source") == "ray" and ev.payload.get("decision") == "RAISE":
-                return dict(ev.payload)
-        return None
-
-
-def raise_for_user(state: State) -> None:
-    """Raise :class:`UserCodeFailure` for a FAILED state caused by the user (for library use)."""
-    if isinstance(state, Failed) and state.is_user_error:
-        raise UserCodeFailure(state.message, state.user_traceback)

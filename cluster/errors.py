@@ -29,30 +29,6 @@ class SpecError(SpotrainError):
         return (self.__class__, (self.field, self.value, self.allowed, self.source))
 
 
-class UserCodeFailure(SpotrainError):
-    """The user's code raised; the run is FAILED and is not retried. Carries the traceback."""
-
-    retryable = False
-
-    def __init__(self, message: str, user_traceback: str = "") -> None:
-        self.user_traceback = user_traceback
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (str(self), self.user_traceback))
-
-
-class RetriesExhausted(RetryableError):
-    """An infrastructure fault outlived its retry budget; running again resumes the run."""
-
-    def __init__(self, message: str, budget: str = "") -> None:
-        self.budget = budget
-        super().__init__(message)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (self.__class__, (str(self), self.budget))
-
-
 class NoRunError(SpotrainError):
     """There is no spotrain run (no run.json) at the given URL."""
 

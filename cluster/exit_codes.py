@@ -28,11 +28,3 @@ class ExitCode(enum.IntEnum):
     INFRA_ERROR = 4
     HELD = 5
     PREEMPTED = 75
-
-
-OK = ExitCode.OK
-USAGE = ExitCode.USAGE
-USER_ERROR = ExitCode.USER_ERROR
-INFRA_ERROR = ExitCode.INFRA_ERROR
-HELD = ExitCode.HELD
-PREEMPTED = ExitCode.PREEMPTED

@@ -218,7 +218,7 @@ def _classify_leaf(exc: BaseException, tb: str = "") -> Classified:
         return Classified(FailureKind.PREEMPTION, msg)
     if "SpecError" in names:
         return Classified(FailureKind.SPEC, msg)
-    if names & {"UserCodeError", "UserCodeFailure"}:
+    if "UserCodeError" in names:
         return Classified(FailureKind.USER_CODE, msg, _user_traceback(exc, tb))
     if names & _LOST_NAMES:
         return Classified(FailureKind.LOST, msg)

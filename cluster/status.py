@@ -5,7 +5,7 @@ Sources, all written through ``storage``:
 - ``attempt_start`` / ``preemption`` / ``failure`` / ``restore`` events -> attempts,
   preemptions, lost steps;
 - ``metrics`` events (written by the Ray controller from the chief's ``ray.train.report``,
-  see cluster.ray_hooks) and the latest manifest's ``state`` (the trainer's training state:
+  see cluster.ray.hooks) and the latest manifest's ``state`` (the trainer's training state:
   ``epoch``, ``global_step``, ``steps_per_epoch``, ``total_steps``, ``history``) -> progress and
   the metrics history plotted by ``--plot``.
 

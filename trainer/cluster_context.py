@@ -16,13 +16,10 @@ logger = logging.getLogger(__name__)
 
 
 def in_ray_train() -> bool:
-    try:
-        from ray.train.v2._internal.execution.train_fn_utils import get_train_fn_utils
+    """True inside a Ray Train worker (the private hook it needs: :mod:`trainer.ray_internals`)."""
+    from trainer.ray_internals import in_ray_train_worker
 
-        get_train_fn_utils()
-        return True
-    except Exception:  # not inside a Ray Train worker (or Ray absent): single local worker
-        return False
+    return in_ray_train_worker()
 
 
 @dataclass

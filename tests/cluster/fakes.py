@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cluster.coordinator import AttemptContext, AttemptResult
+from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from storage.checkpoints import CheckpointStore
 from storage.run_record import RunRecord

@@ -195,3 +195,34 @@ def test_training_finished_but_outcome_unrecorded(tmp_path: Path) -> None:
     c2.start()
     assert c2.run().kind is RunState.SUCCEEDED
     c2.close()
+
+
+def test_backoff_doubles_without_progress_and_resets_after_progress(tmp_path: Path) -> None:
+    runner = FakeRunner(
+        [
+            ([], RayActorError()),  # no commit: backoff 1 s
+            ([], RayActorError()),  # still none: doubled, 2 s
+            ([5], RayActorError()),  # committed step 5: back to the base, 1 s
+            ([], None),
+        ]
+    )
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        waits.append(seconds)
+        return False  # not stopped
+
+    opts = CoordinatorOptions(lease_ttl_s=10, lease_renew_s=5, backoff_override_s=None)
+    spec = make_spec(tmp_path, max_failures=5, backoff_s=1.0)
+    c = Coordinator(spec, opts, runner, sleep=sleep)
+    c.policy.options.jitter = 0.0
+    c.start()
+    assert c.run().kind is RunState.SUCCEEDED
+    c.close()
+    assert waits == [1.0, 2.0, 1.0]
+    resuming = [
+        e.payload["backoff_s"]
+        for e in c.record.events(kinds=["state"])
+        if e.payload["state"] == "RESUMING"
+    ]
+    assert resuming == [1.0, 2.0, 1.0]

@@ -18,12 +18,8 @@ from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
 from ray.train.v2.api.preemption import PreemptionInfo
 
 from cluster.failure_policy import FailurePolicyOptions
-from cluster.ray_hooks import (
-    _LAST_REPORT,
-    MetricsEventCallback,
-    SpotrainRayFailurePolicy,
-    install_failure_policy,
-)
+from cluster.ray.hooks import _LAST_REPORT, MetricsEventCallback, SpotrainRayFailurePolicy
+from cluster.ray.internals import install_failure_policy
 from storage.run_record import RunRecord
 from trainer.errors import PreemptedError, UserCodeError
 

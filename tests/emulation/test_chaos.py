@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster.chaos import (
+from cluster.chaos.schedule import (
     DEFAULT_DRAIN_DEADLINE_S,
     ChaosScheduleError,
     Fault,

@@ -1,8 +1,8 @@
 """Fault costs from a run's events: detection, the restart split into its phases, steps lost."""
 
-from cluster.chaos import Fault, FaultKind
-from cluster.chaos_report import fault_costs, render
-from cluster.emulator import EmulationResult, InjectedFault
+from cluster.chaos.emulator import EmulationResult, InjectedFault
+from cluster.chaos.report import fault_costs, render
+from cluster.chaos.schedule import Fault, FaultKind
 from storage.run_record import Event
 
 T0 = 1_000_000.0

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from cluster.emulated_cluster import EmulatedCluster, EmulationError
+from cluster.chaos.emulated_cluster import EmulatedCluster, EmulationError
 
 pytestmark = pytest.mark.e2e
 

@@ -9,9 +9,8 @@
   ``ray.train.report`` metrics into ``metrics`` events (at every epoch change and at most every
   ``DEFAULT_METRICS_EVENT_INTERVAL_S`` seconds), which ``spotrain status`` and ``--plot`` read.
 
-Ray Train 2.60 has no public hook for a custom failure policy; :func:`install_failure_policy`
-wraps ``_initialize_and_run_controller`` (checked on 2.60; falls back to Ray's policy with a
-warning if the hook is missing).
+Ray Train 2.60 has no public hook for a custom failure policy: the private classes used here
+and the install hook live in :mod:`cluster.ray.internals`, which checks them at run time.
 """
 
 from __future__ import annotations
@@ -21,12 +20,11 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
-from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
 from ray.train.v2.api.callback import UserCallback
 
 from cluster import constants
 from cluster.failure_policy import Decision, FailureKind, FailurePolicy, FailurePolicyOptions
+from cluster.ray.internals import FailureDecision, RayFailurePolicy
 
 logger = logging.getLogger(__name__)
 
@@ -147,22 +145,3 @@ class MetricsEventCallback(UserCallback):
             self._record.append_event("metrics", **payload)
         except Exception:  # process boundary: metrics are best effort
             logger.warning("could not write a metrics event", exc_info=True)
-
-
-def install_failure_policy(trainer: Any, policy: SpotrainRayFailurePolicy) -> bool:
-    """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default policy."""
-    original = getattr(trainer, "_initialize_and_run_controller", None)
-    if original is None:
-        logger.warning(
-            "this Ray version has no TensorflowTrainer._initialize_and_run_controller; user-code "
-            "errors will be retried by Ray up to failures.max_failures times"
-        )
-        return False
-
-    def run_with_policy(**kwargs: Any) -> Any:
-        if "failure_policy" in kwargs:
-            kwargs["failure_policy"] = policy
-        return original(**kwargs)
-
-    trainer._initialize_and_run_controller = run_with_policy
-    return True

@@ -1,10 +1,10 @@
 """``spotrain emulate``: run a job on an emulated multi-node cluster while faults hit it.
 
 The emulator plays the role of the spot fleet and of the CronJob around ``spotrain run``: it
-starts an :class:`~cluster.emulated_cluster.EmulatedCluster`, runs ``spotrain run JOB --address``
-as a child process (the driver), fires the scheduled faults at their times, and starts the driver
-again whenever it ends without finishing (preempted, held, killed), as a CronJob would. It prints
-a timeline as it goes and returns what happened for the final report.
+starts an :class:`~cluster.chaos.emulated_cluster.EmulatedCluster`, runs ``spotrain run JOB
+--address`` as a child process (the driver), fires the scheduled faults at their times, and
+starts the driver again whenever it ends without finishing (preempted, held, killed), as a
+CronJob would. It prints a timeline as it goes and returns what happened for the final report.
 
 Fault times count from the moment the first training workers are up, so that a slow start
 (Ray, TensorFlow import) does not eat the schedule. A fault that needs a training worker
@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from cluster.chaos import Fault, FaultKind
-from cluster.emulated_cluster import EmulatedCluster, EmulationError
+from cluster.chaos.emulated_cluster import EmulatedCluster, EmulationError
+from cluster.chaos.schedule import Fault, FaultKind
 from cluster.exit_codes import ExitCode
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,8 @@ import itertools
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cluster.chaos import FaultKind
-from cluster.emulator import EmulationResult, InjectedFault
+from cluster.chaos.emulator import EmulationResult, InjectedFault
+from cluster.chaos.schedule import FaultKind
 
 DETECTION_KINDS = ("failure", "preemption", "attempt_end")
 

@@ -2,8 +2,9 @@
 
 ``EmulatedCluster`` wraps ``ray.cluster_utils.Cluster``: a head that offers no CPUs (so no
 training worker lands there) plus N raylets, each offering the resources of one worker. Its
-methods inject the faults of ``cluster.chaos``: SIGKILL a training worker, drain a node with
-Ray's PREEMPTION reason and remove it at the deadline, remove a node without notice, add one.
+methods inject the faults of :mod:`cluster.chaos.schedule`: SIGKILL a training worker, drain a
+node with Ray's PREEMPTION reason (through :mod:`cluster.ray.internals`) and remove it at the
+deadline, remove a node without notice, add one.
 
 To keep Ray on loopback, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` must be in the environment
 before Ray is imported (Ray reads it at import; ``make test`` exports it).
@@ -15,7 +16,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +48,7 @@ class EmulatedCluster:
         self._cpus_per_node = cpus_per_node
         self._object_store_bytes = object_store_mb * 1024 * 1024
         self._cluster: Any = None
-        self._workers: list[Any] = []  # ray._private.node.Node of each live worker raylet
+        self._workers: list[Any] = []  # the Node (cluster_utils.add_node) of each worker raylet
         self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
 
@@ -125,20 +125,11 @@ class EmulatedCluster:
 
     def drain_node(self, deadline_s: float, node_id: str | None = None) -> str:
         """Drain a node as a spot reclaim does (reason PREEMPTION); remove it at the deadline."""
-        import ray
-        from ray.core.generated import autoscaler_pb2
+        from cluster.ray.internals import drain_node
 
         node = self._pick_node(node_id)
-        gcs = ray._raylet.GcsClient(address=self.address)  # type: ignore[attr-defined]
-        deadline_ms = int((time.time() + deadline_s) * 1000)
-        reason = autoscaler_pb2.DrainNodeReason.Value(  # type: ignore[attr-defined]
-            "DRAIN_NODE_REASON_PREEMPTION"
-        )
-        accepted, why = gcs.drain_node(
-            node.node_id,
-            reason,
-            "spotrain chaos: spot reclaim",
-            deadline_ms,
+        accepted, why = drain_node(
+            self.address, node.node_id, deadline_s, "spotrain chaos: spot reclaim"
         )
         if not accepted:
             raise EmulationError(f"drain-node: Ray rejected draining {node.node_id[:8]}: {why}")

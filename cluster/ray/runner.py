@@ -2,7 +2,7 @@
 
 Embedded Ray (no ``--address``, no ``RAY_ADDRESS``): ``ray.init(address="local")`` with
 exactly the CPUs/GPUs the workers need, so a stale address file of a dead local cluster is never
-joined (DESIGN.md). With an address (or under ``ray job submit``, which sets ``RAY_ADDRESS``)
+joined (a plain ``ray.init()`` after a killed local head tries to join the dead cluster). With an address (or under ``ray job submit``, which sets ``RAY_ADDRESS``)
 it joins that cluster.
 
 Every Ray worker gets ``TF_USE_LEGACY_KERAS=1`` through the runtime env (before any import) and
@@ -26,21 +26,33 @@ import time
 from typing import Any
 
 from cluster import constants
-from cluster.coordinator import AttemptContext, AttemptResult
+from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from cluster.failure_policy import options_from_spec
 
 logger = logging.getLogger(__name__)
 
-#: Ray Train would chdir workers into its run directory, breaking relative paths in user code.
-os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-#: ray.train.tensorflow imports TensorFlow in the driver too: tf-keras there as well.
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+#: Set in the driver (unless already set) before Ray or TensorFlow is imported or started:
+#: Ray Train would chdir workers into its run directory, breaking relative paths in user code;
+#: ``ray.train.tensorflow`` imports TensorFlow in the driver too, so tf-keras there as well.
+DRIVER_ENV_DEFAULTS = {
+    "RAY_CHDIR_TO_TRIAL_DIR": "0",
+    **constants.WORKER_ENV_VARS,
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
+
+
+def set_driver_env() -> None:
+    """Put :data:`DRIVER_ENV_DEFAULTS` into ``os.environ`` where the user has not set them."""
+    for name, value in DRIVER_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 class RayAttemptRunner:
-    """The default :class:`cluster.coordinator.AttemptRunner`."""
+    """The :class:`cluster.attempt.AttemptRunner` of ``spotrain run``: one attempt on Ray.
+
+    Its first attempt sets :data:`DRIVER_ENV_DEFAULTS`, before it imports Ray or TensorFlow.
+    """
 
     def __init__(self, poll_s: float = 0.5) -> None:
         self.poll_s = poll_s
@@ -49,6 +61,7 @@ class RayAttemptRunner:
 
     # -- Ray session -------------------------------------------------------------------------
     def ensure_ray(self, ctx: AttemptContext) -> None:
+        set_driver_env()  # before Ray (and, through ray.train.tensorflow, TensorFlow) is imported
         import ray
 
         if ray.is_initialized():
@@ -111,11 +124,8 @@ class RayAttemptRunner:
         ScalingConfig: Any = ray.train.ScalingConfig
         TensorflowTrainer: Any = ray.train.tensorflow.TensorflowTrainer
 
-        from cluster.ray_hooks import (
-            MetricsEventCallback,
-            SpotrainRayFailurePolicy,
-            install_failure_policy,
-        )
+        from cluster.ray.hooks import MetricsEventCallback, SpotrainRayFailurePolicy
+        from cluster.ray.internals import install_failure_policy
         from storage.location import RunLocation
         from trainer.worker import train_loop_per_worker
 
@@ -260,16 +270,12 @@ class RayAttemptRunner:
     @staticmethod
     def _drain_local_node(deadline_s: float) -> None:
         import ray
-        from ray.core.generated import autoscaler_pb2
+
+        from cluster.ray.internals import drain_node
 
         ctx = ray.get_runtime_context()
-        gcs: Any = ray._raylet.GcsClient(address=ctx.gcs_address)  # type: ignore[attr-defined]
-        reasons: Any = autoscaler_pb2.DrainNodeReason  # type: ignore[attr-defined]
-        accepted, why = gcs.drain_node(
-            ctx.get_node_id(),
-            reasons.Value("DRAIN_NODE_REASON_PREEMPTION"),
-            "spotrain driver received SIGTERM",
-            int(time.time() * 1000 + deadline_s * 1000),
+        accepted, why = drain_node(
+            ctx.gcs_address, ctx.get_node_id(), deadline_s, "spotrain driver received SIGTERM"
         )
         if not accepted:
             raise RuntimeError(f"drain rejected: {why}")

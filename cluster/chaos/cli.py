@@ -1,4 +1,4 @@
-"""``spotrain emulate`` and ``spotrain verify``: chaos on one machine, and exact-resume checks."""
+"""``spotrain emulate``: a job on an emulated multi-node cluster on this machine, under chaos."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ EMULATION_LEASE_TTL_S = "10"
 
 
 def add_commands(sub: Any) -> None:
-    """Add the ``emulate`` and ``verify`` subcommands to ``spotrain``'s subparsers."""
+    """Add the ``emulate`` subcommand to ``spotrain``'s subparsers."""
     em = sub.add_parser(
         "emulate",
         help="run a job on an emulated multi-node cluster on this machine, injecting faults",
@@ -46,18 +46,12 @@ def add_commands(sub: Any) -> None:
     em.add_argument("--epochs", type=int, help="override epochs")
     em.add_argument("--timeout-s", type=float, default=1800.0, help="give up after this long")
 
-    ve = sub.add_parser("verify", help="check locally that a job resumes exactly after preemptions")
-    ve.add_argument("job", metavar="JOB.yaml")
-    ve.add_argument("--steps", type=int, default=60, help="steps of each of the two runs")
-    ve.add_argument("--preemptions", type=int, default=3, help="interruptions of the second run")
-    ve.add_argument("--seed", type=int, default=0, help="seed of the interruption steps")
-
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback; before ray
-    from cluster.chaos import parse_schedule, random_schedule
-    from cluster.chaos_report import fault_costs, render, report_json
-    from cluster.emulator import Emulator, EmulatorOptions
+    from cluster.chaos.emulator import Emulator, EmulatorOptions
+    from cluster.chaos.report import fault_costs, render, report_json
+    from cluster.chaos.schedule import parse_schedule, random_schedule
     from cluster.spec import load_spec
     from cluster.status import collect_status
     from storage.run_record import RunRecord
@@ -102,7 +96,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 def _compare_with_reference(args: argparse.Namespace, spec: Any, options: Any) -> int:
     from dataclasses import replace
 
-    from cluster.emulator import Emulator
+    from cluster.chaos.emulator import Emulator
     from trainer.verify import committed_tensors, differing_tensors
 
     ref_storage = spec.storage.rstrip("/") + "-reference"
@@ -129,20 +123,4 @@ def _compare_with_reference(args: argparse.Namespace, spec: Any, options: Any) -
     return int(ExitCode.INFRA_ERROR)
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    from cluster.spec import load_spec
-    from trainer.verify import verify
-
-    spec = load_spec(args.job)
-    try:
-        report = verify(
-            spec.to_train_job(), steps=args.steps, preemptions=args.preemptions, seed=args.seed
-        )
-    except ValueError as exc:
-        print(f"spotrain verify: error: {exc}", file=sys.stderr)
-        return int(ExitCode.USAGE)
-    print(report.render())
-    return int(ExitCode.OK if report.exact else ExitCode.USER_ERROR)
-
-
-HANDLERS = {"emulate": cmd_emulate, "verify": cmd_verify}
+HANDLERS = {"emulate": cmd_emulate}

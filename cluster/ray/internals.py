@@ -1,0 +1,144 @@
+"""The private Ray 2.60 APIs spotrain relies on, in one place (imported only when Ray is used).
+
+1. Ray Train V2's failure-policy classes, ``ray.train.v2._internal.execution.failure_handling``:
+   ``FailurePolicy`` (constructed with a ``FailureConfig``; abstract ``make_decision(error)``)
+   and ``FailureDecision`` (``RETRY`` / ``RAISE``). :mod:`cluster.ray.hooks` subclasses them.
+2. ``DataParallelTrainer.fit()`` calls ``self._initialize_and_run_controller(**kwargs)`` with a
+   ``failure_policy=`` keyword, which it passes on to ``TrainController(failure_policy=...)``.
+   Ray Train has no public hook for a custom failure policy; :func:`install_failure_policy`
+   wraps that call and swaps the keyword.
+3. ``ray._raylet.GcsClient(address=...).drain_node(node_id, reason, reason_message,
+   deadline_timestamp_ms)`` with ``ray.core.generated.autoscaler_pb2.DrainNodeReason``
+   ``DRAIN_NODE_REASON_PREEMPTION``: what ``ray drain-node`` does, as a function
+   (:func:`drain_node`). The driver drains its own node on SIGTERM; ``spotrain emulate``
+   drains emulated nodes.
+
+:func:`check_hooks` verifies all three at run time and raises :class:`RayInternalsChanged`
+naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
+Ray. No other module of ``cluster/`` touches Ray's private APIs (the trainer's one private Ray
+hook is in ``trainer/ray_internals.py``, which defines the shared error type).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from typing import Any
+
+import ray
+from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
+from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+
+from trainer.ray_internals import TESTED_RAY, RayInternalsChanged, changed
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FailureDecision",
+    "RayFailurePolicy",
+    "RayInternalsChanged",
+    "check_hooks",
+    "drain_node",
+    "install_failure_policy",
+]
+
+
+_checked = False
+
+
+def _problems() -> list[str]:
+    from ray.core.generated import autoscaler_pb2
+    from ray.train.v2._internal.execution.controller.controller import TrainController
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    problems = []
+    if "make_decision" not in getattr(RayFailurePolicy, "__abstractmethods__", ()):
+        problems.append("FailurePolicy.make_decision is no longer the abstract hook")
+    if not {"RETRY", "RAISE"} <= {d.name for d in FailureDecision}:
+        problems.append("FailureDecision lacks RETRY or RAISE")
+    if not hasattr(DataParallelTrainer, "_initialize_and_run_controller"):
+        problems.append("DataParallelTrainer._initialize_and_run_controller is gone")
+    else:
+        fit_src = inspect.getsource(DataParallelTrainer.fit)
+        if "self._initialize_and_run_controller(" not in fit_src or (
+            "failure_policy=" not in fit_src
+        ):
+            problems.append(
+                "DataParallelTrainer.fit no longer passes failure_policy= to "
+                "_initialize_and_run_controller"
+            )
+    if "failure_policy" not in inspect.signature(TrainController.__init__).parameters:
+        problems.append("TrainController no longer takes failure_policy")
+    drain = getattr(getattr(ray._raylet, "InnerGcsClient", None), "drain_node", None)
+    if drain is None or not hasattr(ray._raylet, "GcsClient"):
+        problems.append("ray._raylet.GcsClient.drain_node is gone")
+    else:
+        params = list(inspect.signature(drain).parameters)[1:5]
+        if params != ["node_id", "reason", "reason_message", "deadline_timestamp_ms"]:
+            problems.append(f"GcsClient.drain_node takes {params}")
+    reasons = getattr(autoscaler_pb2, "DrainNodeReason", None)
+    if reasons is None or "DRAIN_NODE_REASON_PREEMPTION" not in list(reasons.keys()):
+        problems.append("autoscaler_pb2.DrainNodeReason lacks DRAIN_NODE_REASON_PREEMPTION")
+    return problems
+
+
+def check_hooks() -> None:
+    """Raise :class:`RayInternalsChanged` naming each private Ray API that changed."""
+    global _checked
+    if _checked:
+        return
+    problems = _problems()
+    if problems:
+        raise changed(problems)
+    _checked = True
+
+
+def install_failure_policy(trainer: Any, policy: Any) -> bool:
+    """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default failure policy.
+
+    Returns False (with a warning) for an object without the controller hook. Raises
+    :class:`RayInternalsChanged` when the installed Ray changed the hook, and at ``fit()``
+    when Ray stops passing ``failure_policy`` to it.
+    """
+    check_hooks()
+    original = getattr(trainer, "_initialize_and_run_controller", None)
+    if original is None:
+        logger.warning(
+            "this Ray version has no TensorflowTrainer._initialize_and_run_controller; user-code "
+            "errors will be retried by Ray up to failures.max_failures times"
+        )
+        return False
+
+    def run_with_policy(**kwargs: Any) -> Any:
+        if "failure_policy" not in kwargs:
+            raise RayInternalsChanged(
+                f"Ray {ray.__version__} no longer passes failure_policy to "
+                f"_initialize_and_run_controller (got {sorted(kwargs)}; tested with "
+                f"{TESTED_RAY}): spotrain's failure policy cannot be installed. fix: pin "
+                f"ray=={TESTED_RAY}.* or update cluster/ray/internals.py"
+            )
+        kwargs["failure_policy"] = policy
+        return original(**kwargs)
+
+    trainer._initialize_and_run_controller = run_with_policy
+    return True
+
+
+def drain_node(gcs_address: str, node_id: str, deadline_s: float, message: str) -> tuple[bool, str]:
+    """Drain ``node_id`` with reason PREEMPTION and a deadline ``deadline_s`` from now.
+
+    Returns (accepted, why rejected), as Ray does.
+    """
+    from ray.core.generated import autoscaler_pb2
+
+    check_hooks()
+    gcs: Any = ray._raylet.GcsClient(address=gcs_address)  # type: ignore[attr-defined]
+    reasons: Any = autoscaler_pb2.DrainNodeReason  # type: ignore[attr-defined]
+    accepted, why = gcs.drain_node(
+        node_id,
+        reasons.Value("DRAIN_NODE_REASON_PREEMPTION"),
+        message,
+        int((time.time() + deadline_s) * 1000),
+    )
+    return bool(accepted), str(why)

@@ -1,0 +1,81 @@
+"""The private Ray APIs spotrain relies on, checked against the installed Ray (no Ray cluster
+is started): if Ray changes one, these tests and the run-time checks fail loudly."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.train.v2")
+
+import ray
+import ray.train
+import ray.train.v2.api.data_parallel_trainer as dpt
+from ray.train.v2._internal.execution.controller.controller import TrainController
+
+from cluster.ray import internals
+from cluster.ray.internals import RayInternalsChanged, check_hooks, install_failure_policy
+from trainer import ray_internals as trainer_internals
+
+
+def test_every_private_hook_is_there_on_the_installed_ray() -> None:
+    assert internals._problems() == []
+    check_hooks()
+    trainer_internals.check_hooks()
+    assert not trainer_internals.in_ray_train_worker()  # this test process is no Train worker
+
+
+def test_the_failure_policy_reaches_the_real_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real ``DataParallelTrainer.fit()``; only the controller actor's start is replaced."""
+    seen: dict[str, Any] = {}
+
+    class Result:
+        error = None
+
+    def start_controller(self: Any, **kwargs: Any) -> Result:
+        seen.update(kwargs)
+        return Result()
+
+    monkeypatch.setattr(dpt.DataParallelTrainer, "_initialize_and_run_controller", start_controller)
+    monkeypatch.setattr(dpt, "ObjectRefWrapper", lambda fn: fn)  # ray.put needs a running Ray
+    trainer = dpt.DataParallelTrainer(
+        lambda: None,
+        scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(name="spotrain-hook-test"),
+    )
+    policy = object()
+    assert install_failure_policy(trainer, policy)
+    trainer.fit()
+    assert seen["failure_policy"] is policy
+    inspect.signature(TrainController.__init__).bind(None, **seen)  # the controller takes them
+    assert not ray.is_initialized()
+
+
+def test_a_ray_that_stops_passing_failure_policy_fails_loudly() -> None:
+    class Trainer:
+        def _initialize_and_run_controller(self, **kwargs: Any) -> str:
+            return "ran with Ray's own policy"
+
+    trainer = Trainer()
+    assert install_failure_policy(trainer, object())
+    with pytest.raises(RayInternalsChanged, match="no longer passes failure_policy"):
+        trainer._initialize_and_run_controller(scaling_policy=None)
+
+
+def test_a_changed_controller_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    def init(self: Any, train_fn_ref: Any, train_run_context: Any) -> None: ...
+
+    monkeypatch.setattr(TrainController, "__init__", init)
+    monkeypatch.setattr(internals, "_checked", False)
+    with pytest.raises(RayInternalsChanged, match="TrainController no longer takes failure_policy"):
+        check_hooks()
+    with pytest.raises(RayInternalsChanged, match=r"fix: pin ray==2\.60"):
+        install_failure_policy(object(), object())
+
+
+def test_a_gone_train_fn_utils_fails_loudly_in_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(trainer_internals, "TRAIN_FN_UTILS_MODULE", "ray.train.v2._gone")
+    with pytest.raises(RayInternalsChanged, match=r"ray\.train\.v2\._gone is gone"):
+        trainer_internals.in_ray_train_worker()

@@ -1,0 +1,71 @@
+"""The private Ray 2.60 API the trainer relies on, in one place.
+
+1. ``ray.train.v2._internal.execution.train_fn_utils.get_train_fn_utils()`` (no arguments)
+   returns the Train function utilities inside a Ray Train V2 worker and raises elsewhere: it
+   tells whether this process is a Ray Train worker, with no side effect. (The public
+   ``ray.train.get_context()`` is only meant to be called inside one.)
+
+:func:`check_hooks` verifies it at run time and raises :class:`RayInternalsChanged` if Ray
+changed (a worker that took itself for a single local worker would train alone, silently);
+``tests/cluster/test_ray_internals.py`` pins it against the installed Ray. The cluster's own
+private Ray hooks are in ``cluster/ray/internals.py``, which shares this error type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from storage.errors import SpotrainError
+
+TESTED_RAY = "2.60"
+TRAIN_FN_UTILS_MODULE = "ray.train.v2._internal.execution.train_fn_utils"
+
+
+class RayInternalsChanged(SpotrainError):
+    """The installed Ray lacks a private API spotrain relies on; retrying cannot help."""
+
+    retryable = False
+
+
+def changed(problems: list[str]) -> RayInternalsChanged:
+    """The error naming each private Ray API that changed, and the fix."""
+    import ray
+
+    return RayInternalsChanged(
+        f"Ray {ray.__version__} changed private APIs spotrain relies on (tested with "
+        f"{TESTED_RAY}): {'; '.join(problems)}. fix: pin ray=={TESTED_RAY}.* or update "
+        "the spotrain module that names it (cluster/ray/internals.py, trainer/ray_internals.py)"
+    )
+
+
+def _get_train_fn_utils() -> Callable[[], Any]:
+    try:
+        module = importlib.import_module(TRAIN_FN_UTILS_MODULE)
+    except ImportError as exc:
+        raise changed([f"{TRAIN_FN_UTILS_MODULE} is gone ({exc})"]) from None
+    get = getattr(module, "get_train_fn_utils", None)
+    if get is None or inspect.signature(get).parameters:
+        raise changed([f"{TRAIN_FN_UTILS_MODULE}.get_train_fn_utils() is gone or takes arguments"])
+    return get
+
+
+def check_hooks() -> None:
+    """Raise :class:`RayInternalsChanged` if the trainer's private Ray hook changed."""
+    _get_train_fn_utils()
+
+
+def in_ray_train_worker() -> bool:
+    """True inside a Ray Train V2 worker; False elsewhere, and where Ray is not installed."""
+    try:
+        import ray.train  # noqa: F401
+    except ImportError:  # no Ray: a single local worker
+        return False
+    get = _get_train_fn_utils()
+    try:
+        get()
+    except Exception:  # raised outside a Ray Train worker: a single local worker
+        return False
+    return True
