@@ -1,16 +1,14 @@
 """``spotrain export``: a committed checkpoint as a model ``tf.keras.models.load_model`` loads.
 
 The model is rebuilt with the run's own ``build_model(config)`` (entry point from ``run.json``,
-resolved against the current directory), then the checkpoint's ``tf.train.Checkpoint`` (prefix
-``trainer.callback.CKPT_PREFIX``, object ``model``) is read into it. Needs TensorFlow, imported
-here only.
+resolved against the current directory), then the model part of the checkpoint is read into it
+(:func:`trainer.model_io.load_committed_model`; the optimizer starts fresh). Needs TensorFlow,
+imported here only.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import Any
 
 from cluster.errors import NoRunError, SpecError
@@ -30,9 +28,9 @@ def export_model(
     """
     from storage.checkpoints import CheckpointStore
     from storage.run_record import RunRecord
-    from trainer import env  # first: tf-keras, not Keras 3
-    from trainer.callback import CKPT_PREFIX
+    from trainer import env  # noqa: F401  (first: tf-keras, not Keras 3)
     from trainer.job import load_entry_point
+    from trainer.model_io import load_committed_model
 
     opts = storage_options or None
     doc = RunRecord(run_url, storage_options=opts).read_spec()
@@ -41,23 +39,25 @@ def export_model(
     spec = doc["spec"]
     if not spec.get("model"):
         raise SpecError("model", None, "run.json has no model entry point", source=run_url)
-    store = CheckpointStore(run_url, storage_options=opts)
-    tmp = tempfile.mkdtemp(prefix="spotrain-export-")
-    try:
-        manifest = store.restore(tmp, step=step)
-        env.configure(int(spec.get("seed", 0)), bool(spec.get("deterministic", True)))
-        import tensorflow as tf
 
-        build_model = load_entry_point(spec["model"], working_dir or os.getcwd(), "build_model")
-        model = build_model(dict(spec.get("config") or {}))
-        ckpt = tf.train.Checkpoint(model=model)
-        ckpt.read(os.path.join(tmp, CKPT_PREFIX)).expect_partial()
-        target = os.path.abspath(out)
-        os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
-        if target.endswith((".keras", ".h5")):
-            model.save(target)
-        else:
-            model.save(target, save_format="tf")
-        return target, manifest.step
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def build_model(config: dict[str, Any]) -> Any:
+        # loaded once the checkpoint is downloaded and the process configured, as before
+        fn = load_entry_point(spec["model"], working_dir or os.getcwd(), "build_model")
+        return fn(config)
+
+    model, manifest = load_committed_model(
+        CheckpointStore(run_url, storage_options=opts),
+        build_model,
+        spec.get("config") or {},
+        seed=int(spec.get("seed", 0)),
+        deterministic=bool(spec.get("deterministic", True)),
+        step=step,
+        include_optimizer=False,
+    )
+    target = os.path.abspath(out)
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    if target.endswith((".keras", ".h5")):
+        model.save(target)
+    else:
+        model.save(target, save_format="tf")
+    return target, manifest.step

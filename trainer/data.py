@@ -24,6 +24,7 @@ from typing import Any
 from trainer import env  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 from trainer.constants import DEFAULT_SHUFFLE_BUFFER
 from trainer.errors import JobSpecError, UserCodeError
+from trainer.user_code import user_code
 
 import tensorflow as tf  # isort: skip
 
@@ -183,12 +184,8 @@ def build_input(
     shuffle_buffer: int | None = None,
 ) -> ResumableInput:
     """Call the user's make_dataset and check it; UserCodeError on any failure in it."""
-    try:
+    with user_code("make_dataset"):
         ds = make_dataset(ctx)
-    except Exception as exc:  # user code boundary
-        import traceback
-
-        raise UserCodeError("make_dataset", repr(exc), traceback.format_exc()) from exc
     if not isinstance(ds, tf.data.Dataset):
         raise UserCodeError(
             "make_dataset", f"must return a tf.data.Dataset, got {type(ds).__name__}"
@@ -217,12 +214,8 @@ def build_val_input(
 ) -> tuple[Any, int]:
     """Validation stream (no shuffle, drop_remainder) sliced like training; returns
     (distributed dataset, steps). Examples past the last full global batch are not used."""
-    try:
+    with user_code("make_val_dataset"):
         ds = make_val_dataset(ctx)
-    except Exception as exc:  # user code boundary
-        import traceback
-
-        raise UserCodeError("make_val_dataset", repr(exc), traceback.format_exc()) from exc
     if not isinstance(ds, tf.data.Dataset):
         raise UserCodeError(
             "make_val_dataset", f"must return a tf.data.Dataset, got {type(ds).__name__}"
@@ -256,9 +249,5 @@ def unmanaged_input(make_dataset: Callable[[DataContext], Any], ctx: DataContext
         "managed_input is off: the user's dataset is used as is; spotrain cannot skip consumed "
         "batches or fix the sample order, so exact resume is the user's responsibility"
     )
-    try:
+    with user_code("make_dataset"):
         return make_dataset(ctx)
-    except Exception as exc:  # user code boundary
-        import traceback
-
-        raise UserCodeError("make_dataset", repr(exc), traceback.format_exc()) from exc

@@ -13,7 +13,7 @@
    by ``DataHandler`` (``DatasetAdapter.should_recreate_iterator`` is False for it).
 
 ``check_hooks()`` verifies 1 and 3 at run time and fails loudly if tf-keras changed;
-tests/trainer/test_keras_hooks.py pins all three.
+tests/trainer/test_trainer_keras_hooks.py pins all three.
 """
 
 from __future__ import annotations

@@ -6,24 +6,25 @@ import logging
 import os
 import tempfile
 import time
-import traceback
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from storage.checkpoints import CheckpointStore
-from storage.errors import SpotrainError
 from trainer import env
-from trainer.callback import BackupAndRestore, BackupOptions, build_optimizer, checkpoint_of
+from trainer.callback import BackupAndRestore, BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.data import DataContext, build_input, build_val_input, unmanaged_input
 from trainer.errors import JobSpecError, UserCodeError
 from trainer.job import CallbackSpec, TrainJob, load_entry_point, load_job_entry
+from trainer.user_code import user_code
 
 import tensorflow as tf  # isort: skip
 
 logger = logging.getLogger(__name__)
+
+#: Errors of ``fit`` that are the user's (tracing the model: shapes, dtypes, bad arguments).
+FIT_USER_ERRORS = (ValueError, TypeError, tf.errors.InvalidArgumentError)
 
 
 @dataclass
@@ -54,28 +55,6 @@ def make_strategy(job: TrainJob, worker: WorkerContext) -> tf.distribute.Strateg
     return tf.distribute.MultiWorkerMirroredStrategy(
         communication_options=tf.distribute.experimental.CommunicationOptions(implementation=impl)
     )
-
-
-#: Errors a collective raises when a peer worker is gone: infrastructure, retried, even when
-#: they surface inside the user's code (build_model creates variables with a broadcast).
-PEER_LOST_ERRORS = (
-    tf.errors.UnavailableError,
-    tf.errors.CancelledError,
-    tf.errors.AbortedError,
-    tf.errors.DeadlineExceededError,
-)
-
-
-@contextmanager
-def user_code(where: str) -> Iterator[None]:
-    """Turn any exception of the user's code into UserCodeError (not retryable), except a lost
-    peer's collective error, which propagates as it is (retryable)."""
-    try:
-        yield
-    except (SpotrainError, *PEER_LOST_ERRORS):
-        raise
-    except Exception as exc:  # the user's code may raise anything
-        raise UserCodeError(where, repr(exc), traceback.format_exc()) from exc
 
 
 def build_callbacks(job: TrainJob, specs: Sequence[CallbackSpec]) -> list[Any]:
@@ -141,7 +120,7 @@ class ReportCallback(tf.keras.callbacks.Callback):
         metrics: dict[str, Any] = {k: float(v) for k, v in (logs or {}).items()}
         metrics.update(
             epoch=epoch,
-            global_step=self.bar._global_step,
+            global_step=self.bar.global_step,
             samples_per_s=self.samples_per_s,
             last_committed_step=self.bar.last_committed_step,
         )
@@ -224,7 +203,7 @@ def train(
             result.finished = True
             result.global_step = int(state["global_step"])
             result.last_committed_step = result.global_step
-            result.history = _history_dict(bar._history)
+            result.history = _history_dict(bar.history)
             return result
         val_kwargs: dict[str, Any] = {}
         if make_val is not None:
@@ -238,7 +217,9 @@ def train(
             fit_kwargs = {}
         reporter = ReportCallback(worker, bar, job.global_batch_size)
         callbacks = [*build_callbacks(job, job.callbacks), *extra_callbacks, reporter, bar]
-        with _fit_errors():
+        # shape/type errors while tracing the user's model are the user's; a lost peer's
+        # collective errors propagate as they are (retryable)
+        with user_code("model.fit", catch=FIT_USER_ERRORS):
             history = model.fit(
                 train_ds,
                 epochs=job.epochs,
@@ -251,7 +232,7 @@ def train(
         bar.close(wait=True)
         raise
     result.history = dict(history.history)
-    result.global_step = bar._global_step
+    result.global_step = bar.global_step
     result.last_committed_step = bar.last_committed_step
     result.finished = True
     result.samples_per_s = reporter.samples_per_s
@@ -266,35 +247,3 @@ def _history_dict(entries: list[dict[str, Any]]) -> dict[str, list[Any]]:
         for k, v in entry["logs"].items():
             out.setdefault(k, []).append(v)
     return out
-
-
-@contextmanager
-def _fit_errors() -> Iterator[None]:
-    """Shape/type errors while tracing the user's model are the user's; infrastructure errors
-    (a peer died: Unavailable/Cancelled/Aborted...) propagate as they are (retryable)."""
-    try:
-        yield
-    except SpotrainError:
-        raise
-    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
-        raise UserCodeError("model.fit", repr(exc), traceback.format_exc()) from exc
-
-
-def load_final_model(
-    job: TrainJob, step: int | None = None, store: CheckpointStore | None = None
-) -> tuple[Any, dict[str, Any]]:
-    """Build the job's model and load a committed checkpoint (default: latest) into it.
-    Returns (model, state). Used by tests and export."""
-    env.configure(job.seed, job.deterministic)
-    build_model = load_job_entry(job, "model")
-    assert build_model is not None
-    with user_code("build_model"):
-        model = build_model(dict(job.config))
-    store = store or CheckpointStore(job.run_url, job.storage_options)
-    tmp = tempfile.mkdtemp(prefix="spotrain-load-")
-    manifest = store.restore(tmp, step=step)
-    if model.optimizer is not None:
-        build_optimizer(model)
-    ckpt = checkpoint_of(model)
-    ckpt.read(os.path.join(tmp, "ckpt")).expect_partial()
-    return model, dict(manifest.state)

@@ -34,6 +34,7 @@ from trainer.job import TrainJob, load_job_entry
 from trainer.local import run_local
 from trainer.state import cls_is_base_only, get_callback_state
 from trainer.training import build_callbacks
+from trainer.user_code import user_code
 
 import numpy as np  # isort: skip
 import tensorflow as tf  # isort: skip
@@ -214,7 +215,9 @@ def data_instability(job: TrainJob) -> str | None:
 def _example_digests(make_dataset: Callable[[Any], Any], ctx: DataContext, seed: int) -> list[str]:
     env.seed_everything(seed)
     out = []
-    for example in make_dataset(ctx).take(DATA_PROBE_EXAMPLES):
+    with user_code("make_dataset"):
+        examples = make_dataset(ctx).take(DATA_PROBE_EXAMPLES)
+    for example in examples:
         h = hashlib.sha256()
         for part in tf.nest.flatten(example):
             h.update(np.asarray(part).tobytes())

@@ -3,7 +3,7 @@
 import pytest
 
 from trainer.errors import UserCodeError
-from trainer.training import PEER_LOST_ERRORS, user_code
+from trainer.user_code import peer_lost_errors, user_code
 
 import tensorflow as tf  # isort: skip
 
@@ -14,7 +14,7 @@ def test_a_users_exception_becomes_a_user_code_error() -> None:
     assert not info.value.retryable
 
 
-@pytest.mark.parametrize("error", PEER_LOST_ERRORS)
+@pytest.mark.parametrize("error", peer_lost_errors())
 def test_a_lost_peer_inside_user_code_propagates_as_infrastructure(error: type) -> None:
     # Seen in the kill-node e2e test: the node died while the other worker's build_model was
     # broadcasting initial variable values, and the run FAILED as a user error.

@@ -1,0 +1,120 @@
+"""What a checkpoint holds of a model, and a model built from a committed checkpoint.
+
+A committed step directory holds ``CKPT_PREFIX.*``: a ``tf.train.Checkpoint`` of the model,
+its optimizer (slots, iterations, LR variable) and the ``tf.random.Generator`` of every random
+layer (tf-keras leaves those out of model checkpoints); and ``RANKS_PREFIX.*``: every rank's
+own copy of the ON_READ variables (a TF checkpoint bundle of one row per rank).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from storage.checkpoints import CheckpointStore
+from storage.manifest import Manifest
+from trainer import env
+from trainer import state as st
+from trainer.errors import TrainerError
+from trainer.user_code import user_code
+
+import tensorflow as tf  # isort: skip
+
+CKPT_PREFIX = "ckpt"  # tf.train.Checkpoint of model + optimizer + random generators
+RANKS_PREFIX = "ranks"  # per-rank copies of ON_READ variables (TF checkpoint bundle)
+
+
+def checkpoint_of(model: tf.keras.Model) -> tf.train.Checkpoint:
+    """What one checkpoint holds: model, optimizer, and the random layers' generators."""
+    return tf.train.Checkpoint(
+        model=model, optimizer=model.optimizer, rng=st.random_generators(model)
+    )
+
+
+def build_optimizer(model: tf.keras.Model) -> None:
+    """Create the optimizer's slot variables now (Keras creates them in the first step)."""
+    opt = model.optimizer
+    if isinstance(opt, tf.keras.optimizers.Optimizer):
+        if not getattr(opt, "_built", False):
+            opt.build(model.trainable_variables)
+    elif hasattr(opt, "_create_all_weights"):  # legacy optimizer
+        opt._create_all_weights(model.trainable_variables)
+
+
+@dataclass(frozen=True)
+class ModelParts:
+    """The variables of a model a save writes and a restore fills, created ahead of training.
+
+    on_read: the per-rank (ON_READ) variables: the model's own first (``n_model_on_read``:
+    batch-norm moving statistics...), then the compiled metrics' totals and counts.
+    fingerprint: (digest, detail) of layers, variables and optimizer, checked on restore.
+    """
+
+    checkpoint: tf.train.Checkpoint
+    on_read: list[Any]
+    n_model_on_read: int
+    fingerprint: tuple[str, dict[str, Any]]
+
+
+def prepare_model(model: tf.keras.Model, element_spec: Any = None) -> ModelParts:
+    """Create optimizer slots and compiled metrics now, so a restore can fill them."""
+    if not getattr(model, "_is_compiled", False) or model.optimizer is None:
+        raise TrainerError(
+            "the model is not compiled; call model.compile(optimizer=..., loss=...) in "
+            "build_model before returning it"
+        )
+    if not model.built:
+        raise TrainerError(
+            "the model is not built (its variables do not exist yet); give it an Input "
+            "layer or an input_shape, or call model.build(...) in build_model"
+        )
+    with model.distribute_strategy.scope():
+        build_optimizer(model)
+        st.build_compiled_containers(model, element_spec)
+    on_read = [v for v in model.variables if st.is_on_read(v)]
+    n_model_on_read = len(on_read)
+    seen = {id(v) for v in on_read}
+    for v in st.metric_variables(model):
+        if id(v) not in seen:
+            on_read.append(v)
+            seen.add(id(v))
+    return ModelParts(checkpoint_of(model), on_read, n_model_on_read, st.fingerprint(model))
+
+
+def load_committed_model(
+    store: CheckpointStore,
+    build_model: Callable[[dict[str, Any]], Any],
+    config: Mapping[str, Any],
+    *,
+    seed: int,
+    deterministic: bool,
+    step: int | None = None,
+    include_optimizer: bool = True,
+) -> tuple[Any, Manifest]:
+    """Build a model with the user's ``build_model(config)`` and read committed ``step``
+    (default: the latest) into it; returns (model, manifest). The download goes to a temp dir
+    that is removed before returning.
+
+    include_optimizer=False reads the model's variables only (the optimizer starts fresh,
+    as in ``spotrain export``); True also reads optimizer slots and random generators.
+    """
+    tmp = tempfile.mkdtemp(prefix="spotrain-load-")
+    try:
+        manifest = store.restore(tmp, step=step)
+        env.configure(seed, deterministic)
+        with user_code("build_model"):
+            model = build_model(dict(config))
+        if include_optimizer:
+            if model.optimizer is not None:
+                build_optimizer(model)
+            ckpt = checkpoint_of(model)
+        else:
+            ckpt = tf.train.Checkpoint(model=model)
+        ckpt.read(os.path.join(tmp, CKPT_PREFIX)).expect_partial()
+        return model, manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,378 @@
+"""``WorkerTrainingState``: one worker's training state, restored and saved as one.
+
+What :class:`trainer.callback.BackupAndRestore`'s Keras hooks drive (tf-keras splits its own
+``BackupAndRestore`` the same way, with ``WorkerTrainingState``): the position (epoch, global
+step, last step boundary), the restore (:mod:`trainer.restore`), the other callbacks' state and
+the metrics history, and the save protocol: every rank gathers its per-rank variable copies (a
+collective) and writes a ``tf.train.Checkpoint`` to a local temp dir (every rank must: reading
+ON_READ variables is a collective); only the chief's directory is committed, by default by a
+background :class:`storage.committer.AsyncCommitter`, followed by retention. A save for a
+preemption waits until the commit is durable on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from storage.checkpoints import CheckpointStore
+from storage.committer import AsyncCommitter
+from storage.errors import SpotrainError
+from trainer import state as st
+from trainer.backup_options import BackupOptions
+from trainer.cluster_context import WorkerContext
+from trainer.errors import JobSpecError, TrainerError
+from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, ModelParts, prepare_model
+from trainer.other_callbacks import OtherCallbacks
+from trainer.restore import restore_committed
+
+import tensorflow as tf  # isort: skip
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+
+
+@dataclass
+class SaveStats:
+    """How long saves blocked training (the local write; the upload runs in the background)."""
+
+    saves: int = 0
+    blocked_s: float = 0.0
+    last_blocked_s: float = 0.0
+
+    @property
+    def mean_blocked_s(self) -> float:
+        return self.blocked_s / self.saves if self.saves else 0.0
+
+
+class WorkerTrainingState:
+    """Restore / save protocol and position of one worker (every rank holds one).
+
+    ``restore(model)`` first (a collective, idempotent), then ``start(steps_per_epoch)``; the
+    hooks report progress (``begin_epoch``, ``end_batch``, ``reach``) and ask for saves;
+    ``close()`` finishes background commits.
+    """
+
+    def __init__(
+        self,
+        backup_dir: str,
+        options: BackupOptions,
+        worker: WorkerContext,
+        store: CheckpointStore | None = None,
+    ) -> None:
+        self.backup_dir = backup_dir
+        self.options = options
+        self.worker = worker
+        self.stats = SaveStats()
+        self._store = store
+        self._committer: AsyncCommitter | None = None
+        self._model: tf.keras.Model | None = None
+        self._parts: ModelParts | None = None
+        self._restored = False
+        self._restored_state: dict[str, Any] | None = None
+        self._rank_row: np.ndarray | None = None
+        self._initial = (0, 0, 0)  # epoch, step in epoch, global step
+        self._others = OtherCallbacks()
+        self._notice: str | None = None
+        self._last_saved_step: int | None = None
+        self._epoch = 0
+        self._spe = 0
+        self._global_step = 0
+        self._last_boundary = 0
+
+    # ------------------------------------------------------------------ read-only views
+    @property
+    def store(self) -> CheckpointStore:
+        if self._store is None:
+            self._store = CheckpointStore(
+                self.backup_dir, self.options.storage_options, self.options.store_options
+            )
+        return self._store
+
+    @property
+    def restored_state(self) -> dict[str, Any] | None:
+        """The JSON state this attempt resumed from (None: a fresh run)."""
+        return self._restored_state
+
+    @property
+    def initial_epoch(self) -> int:
+        return self._initial[0]
+
+    @property
+    def initial_step(self) -> int:
+        return self._initial[1]
+
+    @property
+    def initial_global_step(self) -> int:
+        return self._initial[2]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self._spe
+
+    @property
+    def global_step(self) -> int:
+        """Global steps completed so far (restored ones included)."""
+        return self._global_step
+
+    @property
+    def last_committed_step(self) -> int | None:
+        if self._committer is not None:
+            return self._committer.last_committed_step
+        return self._last_saved_step
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The metrics history: one ``{"epoch", "logs"}`` entry per finished epoch."""
+        return list(self._others.history())
+
+    def log_prefix(self) -> str:
+        return f"[run={self.store.url} rank={self.worker.rank} step={self._global_step}]"
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, model: tf.keras.Model) -> dict[str, Any] | None:
+        """Restore the newest valid committed state into ``model`` (idempotent, a collective:
+        every rank calls it). Returns the restored JSON state, or None for a fresh run."""
+        if self._restored:
+            return self._restored_state
+        self._model = model
+        self._parts = prepare_model(model, self.options.element_spec)
+        started = time.perf_counter()
+        started_at = time.time()
+        state, self._rank_row = restore_committed(
+            model,
+            self._parts,
+            self.store,
+            self.worker,
+            global_batch_size=self.options.global_batch_size,
+            local_tmp_dir=self.options.local_tmp_dir,
+            log_prefix=self.log_prefix(),
+        )
+        self._restored = True
+        self._restored_state = state
+        if state is not None:
+            self._initial = (
+                int(state["epoch"]),
+                int(state["step_in_epoch"]),
+                int(state["global_step"]),
+            )
+            self._others.restore_history(st.from_json_value(state.get("history", [])))
+            self._last_saved_step = self.initial_global_step
+            self._notice = state.get("preemption_notice")
+            logger.info(
+                "%s restored step %d (epoch %d, step in epoch %d)",
+                self.log_prefix(),
+                self.initial_global_step,
+                self.initial_epoch,
+                self.initial_step,
+            )
+            if self.worker.is_chief:
+                with contextlib.suppress(SpotrainError):
+                    self.store.record.append_event(
+                        "restore",
+                        step=self.initial_global_step,
+                        epoch=self.initial_epoch,
+                        step_in_epoch=self.initial_step,
+                        world_size=self.worker.world_size,
+                        saved_by_world_size=state.get("world_size"),
+                        seconds=round(time.perf_counter() - started, 3),
+                        started_at=started_at,
+                        **{f"{k}_at": v for k, v in self.worker.phase_times.items()},
+                    )
+        self._global_step = self._last_boundary = self.initial_global_step
+        return state
+
+    def start(self, steps_per_epoch: int) -> None:
+        """Training begins with ``steps_per_epoch`` (fit's ``steps``); it must match the save."""
+        self._spe = steps_per_epoch
+        if not self._spe:
+            raise TrainerError(
+                "steps per epoch is unknown; pass steps_per_epoch to fit (the spotrain trainer "
+                "does) so the position in an epoch can be saved"
+            )
+        saved_spe = (self._restored_state or {}).get("steps_per_epoch")
+        if saved_spe and saved_spe != self._spe:
+            raise JobSpecError(
+                "steps_per_epoch",
+                self._spe,
+                f"the run was saved with {saved_spe} steps per epoch; the dataset or the global "
+                "batch size changed — restore them or start a fresh run (new name)",
+            )
+
+    def track_callbacks(self, callbacks: list[Any]) -> None:
+        """The other callbacks of ``fit``, whose state is saved and restored with this one."""
+        self._others.track(callbacks)
+
+    def apply_callback_states(self) -> None:
+        """Give the tracked callbacks their saved state (History: the saved history)."""
+        self._others.apply((self._restored_state or {}).get("callbacks") or {})
+
+    def restore_epoch_metrics(self, epoch: int) -> None:
+        """Give back the partial epoch's metric totals (fit reset them right before)."""
+        if epoch == self.initial_epoch and self.initial_step and self._rank_row is not None:
+            assert self._parts is not None
+            model_on_read = self._parts.on_read[: self._parts.n_model_on_read]
+            n = sum(int(np.prod(v.shape)) for v in model_on_read)
+            st.assign_locals(self._parts.on_read[self._parts.n_model_on_read :], self._rank_row[n:])
+
+    def note_notice(self, notice: str) -> bool:
+        """Record a Ray preemption notice; False when this attempt already resumed from the
+        save made for this very notice."""
+        if notice == (self._restored_state or {}).get("preemption_notice"):
+            logger.debug("%s notice already handled: %s", self.log_prefix(), notice)
+            return False
+        self._notice = notice
+        return True
+
+    # ------------------------------------------------------------------ position
+    def begin_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def end_batch(self, batch: int) -> None:
+        self._global_step = self._epoch * self._spe + batch + 1
+
+    def reach(self, g: int) -> bool:
+        """Step boundary ``g`` is reached; False when it was already handled."""
+        if g <= self._last_boundary:
+            return False
+        self._last_boundary = g
+        self._global_step = g
+        return True
+
+    def record_epoch(self, epoch: int, logs: Any) -> None:
+        self._others.record_epoch(epoch, logs)
+
+    # ------------------------------------------------------------------ saving
+    def start_async_commits(self) -> bool:
+        """Commit in the background from now on; True when this call started the committer."""
+        if self._committer is not None:
+            return False
+        self._committer = AsyncCommitter(self.store)
+        return True
+
+    def save(self, g: int, epoch: int, step: int, finished: bool, wait: bool) -> None:
+        """Save step ``g`` (a collective: every rank calls it); ``wait``: until it is committed,
+        on every rank, which then all fail together if the chief's commit failed."""
+        assert self._model is not None and self._parts is not None, "restore() first"
+        strategy = self._model.distribute_strategy
+        t0 = time.perf_counter()
+        state = self._collect_state(g, epoch, step, finished)
+        rows = st.gather_rows(strategy, st.flatten_locals(self._parts.on_read))
+        local_dir = tempfile.mkdtemp(
+            prefix=f"spotrain-{g:012d}-", dir=self.options.local_tmp_dir or None
+        )
+        self._parts.checkpoint.write(os.path.join(local_dir, CKPT_PREFIX))  # every rank
+        ok = True
+        if not self.worker.is_chief:
+            shutil.rmtree(local_dir, ignore_errors=True)
+        else:
+            tf.raw_ops.SaveV2(
+                prefix=os.path.join(local_dir, RANKS_PREFIX),
+                tensor_names=[f"rank/{r}" for r in range(rows.shape[0])],
+                shape_and_slices=[""] * rows.shape[0],
+                tensors=[tf.constant(r) for r in rows],
+            )
+            if self._committer is not None:
+                self._committer.submit(g, local_dir, state, on_done=self._after_commit)
+            else:
+                try:
+                    manifest = self.store.commit(g, local_dir, state)
+                finally:
+                    shutil.rmtree(local_dir, ignore_errors=True)
+                self._after_commit(manifest)
+        blocked = time.perf_counter() - t0
+        self.stats.saves += 1
+        self.stats.blocked_s += blocked
+        self.stats.last_blocked_s = blocked
+        self._last_saved_step = g
+        if wait:
+            error: BaseException | None = None
+            if self._committer is not None:
+                try:
+                    self._committer.wait_until_finished(self.options.commit_timeout_s)
+                except BaseException as exc:  # re-raised below, after the ranks agreed
+                    error, ok = exc, False
+            # every rank waits for the chief's commit; all fail together if it failed
+            if not st.any_rank(strategy, not ok) and error is None:
+                return
+            if error is not None:
+                raise error
+            raise TrainerError(f"the chief could not commit step {g}; see the chief's log")
+
+    def emergency_save(self, g: int, epoch: int, step: int, reason: str) -> None:
+        """Save for a preemption: wait for the commit, record a ``preemption`` event."""
+        self.save(g, epoch, step, finished=False, wait=True)
+        if self.worker.is_chief:
+            with contextlib.suppress(SpotrainError):
+                self.store.record.append_event("preemption", step=g, reason=reason)
+        logger.warning("%s preempted (%s): state committed, stopping", self.log_prefix(), reason)
+
+    def finish(self, delete_checkpoints: bool) -> None:
+        """The last save at the end of training (waits for its commit), unless nothing ran
+        since a finished state was restored; then optionally delete the run's checkpoints."""
+        g = self._global_step
+        finished_before = bool((self._restored_state or {}).get("finished"))
+        if g > self._last_boundary or not finished_before:
+            self.save(g, g // self._spe, g % self._spe, finished=True, wait=True)
+        if delete_checkpoints and self.worker.is_chief:
+            for step in self.store.committed_steps():
+                self.store.delete_step(step)
+
+    def close(self, wait: bool = True) -> None:
+        """Finish (``wait``) or abandon background commits. Idempotent."""
+        committer, self._committer = self._committer, None
+        if committer is None:
+            return
+        if wait:
+            committer.close(self.options.commit_timeout_s)
+        else:
+            with contextlib.suppress(Exception):
+                committer.close(0.0)
+
+    def _collect_state(self, g: int, epoch: int, step: int, finished: bool) -> dict[str, Any]:
+        assert self._parts is not None
+        fingerprint, detail = self._parts.fingerprint
+        state = {
+            "format": STATE_FORMAT,
+            "epoch": epoch,
+            "step_in_epoch": step,
+            "global_step": g,
+            "steps_per_epoch": self._spe,
+            "samples_seen": g * self.options.global_batch_size,
+            "world_size": self.worker.world_size,
+            "global_batch_size": self.options.global_batch_size,
+            "seed": self.options.seed,
+            "finished": finished,
+            "fingerprint": fingerprint,
+            "fingerprint_detail": detail,
+            "callbacks": self._others.states(self.options.strict_callback_state),
+            "history": self._others.history(),
+            "rank_state": {
+                "n_model": self._parts.n_model_on_read,
+                "n_vars": len(self._parts.on_read),
+            },
+            "saved_at": time.time(),
+            "preemption_notice": self._notice,
+        }
+        state.update(self.options.extra_state)
+        return st.to_json_value(state)
+
+    def _after_commit(self, manifest: Any) -> None:
+        if self.options.keep_last:
+            try:
+                self.store.apply_retention(self.options.keep_last, self.options.keep_every)
+            except SpotrainError as exc:
+                logger.warning("retention failed (will retry after the next commit): %s", exc)
