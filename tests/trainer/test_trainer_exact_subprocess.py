@@ -54,7 +54,7 @@ def test_sigkill_upload_kill_and_sigterm_resume_exactly(tmp_path: Path, referenc
             # after its first file: the kill tears the commit
             attempt_env["SPOTRAIN_TEST_COMMIT_PAUSE"] = f"after_files:1@{pause_dir}"
         proc = subprocess.run(
-            [sys.executable, "-m", "trainer.local", str(job_file)],
+            [sys.executable, "-m", "tests.storage.commit_pause", "trainer.local", str(job_file)],
             cwd=REPO,
             env=attempt_env,
             capture_output=True,
