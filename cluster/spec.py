@@ -64,6 +64,7 @@ from trainer.job_schema import (
     first_error,
     invalid,
     schema_fields,
+    section_type,
     yaml_key,
 )
 
@@ -88,6 +89,9 @@ _STORAGE_RULE = "an fsspec URL such as file://./runs or s3://bucket/prefix"
 _SECRET_HINTS = ("key", "secret", "token", "password")
 
 
+_Workers = Annotated[StrictInt, Field(ge=1)]
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -96,7 +100,7 @@ def _positive_int(value: Any) -> bool:
 class ScalingSpec:
     """How many workers and what each gets."""
 
-    workers: StrictInt | tuple[StrictInt, StrictInt] = 2
+    workers: _Workers | tuple[_Workers, _Workers] = 2
     """Ray Train workers; ``[min, max]`` makes the run elastic."""
     use_gpu: StrictBool = False
     """One GPU per worker, NCCL collectives."""
@@ -278,11 +282,27 @@ def yaml_fields() -> list[str]:
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a job spec file (YAML keys, e.g. ``async``), for editors."""
     schema = _SPEC.json_schema(by_alias=True, mode="validation")
+    _factory_defaults(schema["properties"], JobSpec)
+    for info in schema_fields(JobSpec).values():
+        section = section_type(info)
+        if section is not None:
+            _factory_defaults(schema["$defs"][section.__name__]["properties"], section)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "spotrain job spec",
         **{k: v for k, v in schema.items() if k != "title"},
     }
+
+
+def _factory_defaults(properties: dict[str, Any], cls: type) -> None:
+    """Show the defaults pydantic leaves out of a schema: those made by a ``default_factory``."""
+    for name, info in schema_fields(cls).items():
+        key = yaml_key(name, info)
+        if key in properties and info.default_factory is not None:
+            value = info.default_factory()
+            properties[key]["default"] = TypeAdapter(type(value)).dump_python(
+                value, mode="json", by_alias=True
+            )
 
 
 def load_spec(path: str | os.PathLike[str], working_dir: str | None = None) -> JobSpec:
