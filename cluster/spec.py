@@ -24,7 +24,8 @@ worker's ``TrainJob`` shares) with the cluster-only ones (``storage``, ``scaling
 ``failures``). Field lists, defaults, ``to_dict``, ``train_job_dict`` and the JSON Schema
 (``spotrain schema``) are derived from it. Entry points (``model``, ``data``, ``val_data``) must
 name their function (``file.py:fn`` / ``pkg.mod:fn``) and are checked without running the
-user's code (``cluster.entry_points``). This module imports neither TensorFlow nor Ray.
+user's code (``cluster.entry_points``). Neither this module nor ``trainer.job`` imports
+TensorFlow or Ray.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ from pydantic.json_schema import SkipJsonSchema
 from cluster import constants
 from cluster.entry_points import entry_point_problem
 from cluster.errors import SpecError, one_of
-from trainer.job import CALLBACK_HINT, CheckpointPolicy, JobFields
+from storage.location import join_run_url
+from trainer.entry_points import parse_entry_point
+from trainer.job import CALLBACK_HINT, CheckpointPolicy, JobFields, TrainJob
 from trainer.job_schema import (
     POSITIVE_INT,
     SCHEMA_CONFIG,
@@ -94,6 +97,10 @@ _Workers = Annotated[StrictInt, Field(ge=1)]
 
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _is_storage_url(value: str) -> bool:
+    return bool(value) and value == value.strip()
 
 
 @dataclass(frozen=True, kw_only=True, config=SCHEMA_CONFIG)
@@ -185,8 +192,6 @@ class JobSpec(JobFields):
     def _entry_point_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
         ctx = info.context or {}
         if value is not None and ctx.get("check_entry_points"):
-            from trainer.entry_points import parse_entry_point
-
             problem = entry_point_problem(parse_entry_point(value), ctx["working_dir"])
             if problem:
                 raise invalid(problem, value)
@@ -210,15 +215,13 @@ class JobSpec(JobFields):
     @field_validator("storage")
     @classmethod
     def _storage_url(cls, value: str) -> str:
-        if not value or value != value.strip():
+        if not _is_storage_url(value):
             raise invalid("allowed: " + _STORAGE_RULE, value)
         return value
 
     @property
     def run_url(self) -> str:
         """``<storage>/<name>``, validated by storage."""
-        from storage.location import join_run_url
-
         return join_run_url(self.storage, self.name)
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +245,7 @@ class JobSpec(JobFields):
                 spec, scaling=dataclasses.replace(spec.scaling, workers=workers)
             )
         if storage is not None:
-            if not storage or storage != storage.strip():
+            if not _is_storage_url(storage):
                 raise SpecError("--storage", storage, "allowed: " + _STORAGE_RULE, self.source)
             spec = dataclasses.replace(spec, storage=storage)
         if epochs is not None:
@@ -250,10 +253,8 @@ class JobSpec(JobFields):
             spec = dataclasses.replace(spec, epochs=epochs)
         return spec
 
-    def to_train_job(self) -> Any:
-        """Convert to ``trainer.job.TrainJob``."""
-        from trainer.job import TrainJob
-
+    def to_train_job(self) -> TrainJob:
+        """Convert to the worker's ``trainer.job.TrainJob``."""
         return TrainJob.from_dict(self.train_job_dict())
 
     def train_job_dict(self, run_url: str | None = None) -> dict[str, Any]:
