@@ -1,5 +1,6 @@
 """The job spec's JSON Schema (``spotrain schema``): it accepts every job file of the repo,
-rejects misspelt fields, and agrees with the README's field table on names and defaults."""
+rejects misspelt fields, and agrees with the README's field table on names and defaults; the
+spec and the worker share one run-name rule and one entry-point grammar."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ import pytest
 import yaml
 
 from cluster import schema_cli
-from cluster.spec import json_schema, load_spec, yaml_fields
-from trainer.job import CALLBACK_KINDS
+from cluster.errors import SpecError
+from cluster.spec import json_schema, load_spec, parse_spec, yaml_fields
+from storage.location import RUN_NAME_RULE, validate_name
+from trainer.entry_points import DEFAULT_ENTRY_FNS, parse_entry_point
+from trainer.errors import JobSpecError
+from trainer.job import CALLBACK_KINDS, TrainJob
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB_FILES = sorted([*ROOT.glob("examples/*.yaml"), *ROOT.glob("bench/*.yaml")])
@@ -146,3 +151,24 @@ def test_schema_command_prints_the_schema_and_checks_files(
     assert _schema_cli(["--check", str(JOB_FILES[0]), str(bad)]) == 3
     err = capsys.readouterr().err
     assert f"{bad}: invalid job spec field 'epochs': got 0; allowed: an integer >= 1" in err
+
+
+def test_one_run_name_rule_for_the_spec_and_the_worker() -> None:
+    raw = {"name": "run_1", "model": "m.py:f", "data": "m.py:g"}
+    with pytest.raises(SpecError) as spec_err:
+        parse_spec(raw, check_entry_points=False)
+    with pytest.raises(JobSpecError) as job_err:
+        TrainJob.from_dict({**raw, "run_url": "memory://runs/run_1"})
+    assert spec_err.value.field == job_err.value.field == "name"
+    assert RUN_NAME_RULE in str(spec_err.value) and RUN_NAME_RULE in str(job_err.value)
+    assert validate_name("run_1") == "run_1"  # a URL spotrain did not name stays readable
+
+
+def test_one_entry_point_grammar_the_spec_requires_fn(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def build_model(config): ...\ndef make_dataset(ctx): ...\n")
+    raw = {"name": "a", "model": "m.py", "data": "m.py:make_dataset"}
+    with pytest.raises(SpecError, match=r"file\.py:function") as info:
+        parse_spec(raw, working_dir=str(tmp_path))
+    assert info.value.field == "model"
+    job = TrainJob.from_dict({**raw, "run_url": "memory://a"})  # the worker's default fn
+    assert parse_entry_point(job.model, DEFAULT_ENTRY_FNS["model"]).fn == "build_model"

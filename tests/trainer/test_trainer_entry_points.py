@@ -1,4 +1,5 @@
-"""One entry-point grammar (trainer.entry_points.parse_entry_point) for the spec and the worker."""
+"""One entry-point grammar (trainer.entry_points.parse_entry_point); the spec side is in
+tests/cluster/test_schema.py."""
 
 from __future__ import annotations
 
@@ -6,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster.errors import SpecError
-from cluster.spec import parse_spec
 from trainer.entry_points import DEFAULT_ENTRY_FNS, EntryPoint, parse_entry_point
 from trainer.errors import JobSpecError
-from trainer.job import TrainJob, load_entry_point
+from trainer.job import TrainJob, load_entry_point, load_job_entry
 
 
 @pytest.mark.parametrize(
@@ -35,14 +34,12 @@ def test_malformed(text: object) -> None:
         parse_entry_point(text)  # type: ignore[arg-type]
 
 
-def test_spec_requires_fn_the_worker_fills_in_the_default(tmp_path: Path) -> None:
-    (tmp_path / "m.py").write_text("def build_model(config): ...\ndef make_dataset(ctx): ...\n")
+def test_the_worker_fills_in_the_default_fn(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("def build_model(config): ...\n")
     raw = {"name": "a", "model": "m.py", "data": "m.py:make_dataset"}
-    with pytest.raises(SpecError, match=r"file\.py:function") as info:
-        parse_spec(raw, working_dir=str(tmp_path))
-    assert info.value.field == "model"
     job = TrainJob.from_dict({**raw, "run_url": "memory://a", "working_dir": str(tmp_path)})
     assert job.model == "m.py"
+    assert load_job_entry(job, "model").__name__ == "build_model"  # type: ignore[union-attr]
     fn = load_entry_point(job.model, job.working_dir, DEFAULT_ENTRY_FNS["model"])
     assert fn.__name__ == "build_model"
     with pytest.raises(JobSpecError, match=r"file\.py:function"):
