@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 
+# The coordinator's lease TTL is storage's default (re-exported here with its meaning there).
+from storage.constants import DEFAULT_LEASE_TTL_S as DEFAULT_LEASE_TTL_S
 from storage.constants import env_float, env_int
 
 #: Where runs live when neither the spec nor ``--storage`` says: run URL = <storage>/<name>.
 DEFAULT_STORAGE = os.environ.get("SPOTRAIN_STORAGE") or "file://./runs"
 
-#: How long a coordinator's lease on a run lasts without renewal. A SIGKILLed driver blocks the
-#: next ``spotrain run`` of the same run for at most this long. Tests shrink it.
-DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
 #: Renew the lease this often. Must stay well below DEFAULT_LEASE_TTL_S (a third of it by default)
 #: so that one slow storage round trip does not let the lease lapse.
 DEFAULT_LEASE_RENEW_S = env_float("SPOTRAIN_LEASE_RENEW_S", DEFAULT_LEASE_TTL_S / 3)
@@ -56,13 +55,3 @@ RAY_TRAIN_ENV_DEFAULTS = {
 
 #: Ray Train's own files (its run directory) go under <run URL>/<RAY_STORAGE_SUBDIR>.
 RAY_STORAGE_SUBDIR = "ray"
-
-#: Callback kinds a job spec may name; the trainer maps them to tf.keras callbacks. Must match
-#: trainer.job.CALLBACK_KINDS (a unit test checks it). ``custom`` takes ``entry: file.py:fn``.
-CALLBACK_KINDS = (
-    "early_stopping",
-    "reduce_lr_on_plateau",
-    "model_checkpoint",
-    "tensorboard",
-    "custom",
-)

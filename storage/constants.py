@@ -66,7 +66,10 @@ DEFAULT_RETRY_MAX_BACKOFF_S = env_float("SPOTRAIN_RETRY_MAX_BACKOFF_S", 10.0)
 #: uploading them. Must exceed the longest commit (upload of one checkpoint) by a wide margin.
 DEFAULT_SWEEP_MIN_AGE_S = env_float("SPOTRAIN_SWEEP_MIN_AGE_S", 6 * 3600.0)
 
-#: Lease time-to-live; a coordinator renews every DEFAULT_LEASE_TTL_S / 3 or so.
+#: Lease time-to-live: how long a coordinator's lease on a run lasts without renewal. A
+#: SIGKILLed driver blocks the next ``spotrain run`` of the same run for at most this long
+#: (tests shrink it). cluster.constants.DEFAULT_LEASE_RENEW_S (a third of it) must stay well
+#: below it.
 DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
 #: A holder refuses to renew in the last margin before expiry (and a taker waits this long after
 #: it), so clock skew + one write's latency below this margin cannot give two holders.

@@ -29,14 +29,33 @@ from storage.constants import MANIFEST_NAME, MAX_STEP, STEP_DIGITS
 from storage.errors import InvalidNameError
 from storage.retry import RetryOptions, call_with_retry
 
-#: Run names: lowercase letters, digits, '-', '_', '.'; start with a letter or digit; no '..'.
+#: Path components (a run's directory): lowercase letters, digits, '-', '_', '.'; start with a
+#: letter or digit; no '..'. Wider than RUN_NAME_RE: URLs of runs spotrain did not name pass.
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+#: The run-name rule of names spotrain creates (the job spec's ``name``): DNS-label-like, so a
+#: name is also a valid Kubernetes / Ray job name.
+RUN_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+MAX_RUN_NAME_CHARS = 63
+RUN_NAME_RULE = (
+    f"lowercase letters, digits and '-' ([a-z0-9-]+, at most {MAX_RUN_NAME_CHARS} "
+    "characters, not starting or ending with '-')"
+)
 _SECRET_WORDS = ("secret", "token", "password", "passwd", "signature", "credential", "sig", "key")
 _REDACTED = "***"
 
 
+def validate_run_name(name: str) -> str:
+    """Return ``name`` if it follows the run-name rule (RUN_NAME_RULE), else InvalidNameError."""
+    if not isinstance(name, str) or not RUN_NAME_RE.match(name) or len(name) > MAX_RUN_NAME_CHARS:
+        raise InvalidNameError(f"run name={name!r} is not allowed; fix: use {RUN_NAME_RULE}")
+    return name
+
+
 def validate_name(name: str, what: str = "run name") -> str:
-    """Return ``name`` if it is a safe single path component, else raise InvalidNameError."""
+    """Return ``name`` if it is a safe single path component, else raise InvalidNameError.
+
+    This is the path-safety check of any run directory (also of runs spotrain did not name);
+    names spotrain creates follow the narrower :func:`validate_run_name`."""
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
         raise InvalidNameError(
             f"{what}={name!r} is not allowed; fix: use 1-128 characters from [a-z0-9._-], "
@@ -282,6 +301,8 @@ def _redact_urls_in(text: str) -> str:
 
 __all__ = [
     "NAME_RE",
+    "RUN_NAME_RE",
+    "RUN_NAME_RULE",
     "RunLocation",
     "join_run_url",
     "parse_step_dirname",
@@ -289,5 +310,6 @@ __all__ = [
     "step_dirname",
     "validate_name",
     "validate_relpath",
+    "validate_run_name",
     "validate_step",
 ]

@@ -6,9 +6,16 @@ import os
 
 from storage.constants import env_float, env_int
 
-#: Steps between two preemption polls. Every rank polls at the same global steps (the Ray
-#: poll is a barrier), so this must be the same on every worker.
-DEFAULT_PREEMPTION_POLL_STEPS = env_int("SPOTRAIN_PREEMPTION_POLL_STEPS", 10)
+#: Steps between two preemption polls: the default of the job field ``preemption_poll_steps``.
+#: Every rank polls at the same global steps (the Ray poll is a barrier), so a job gives every
+#: worker the same value.
+PREEMPTION_POLL_STEPS = 10
+#: The drop-in callback's default (``BackupOptions``); a job always passes its own value, so
+#: ``SPOTRAIN_PREEMPTION_POLL_STEPS`` changes only callbacks built without one.
+DEFAULT_PREEMPTION_POLL_STEPS = env_int("SPOTRAIN_PREEMPTION_POLL_STEPS", PREEMPTION_POLL_STEPS)
+
+#: Committed checkpoints to keep (job field ``checkpoint.keep_last``, the callback's default).
+DEFAULT_KEEP_LAST = 3
 
 #: Shuffle buffer (examples) of the managed input. The order of an epoch is a pure function of
 #: (seed, epoch) for any buffer size; a buffer >= dataset size gives a uniform shuffle.

@@ -1,267 +1,282 @@
-"""The job a trainer runs: :class:`TrainJob` (JSON-able) and loading of user entry points."""
+"""The job schema's training half, declared once: :class:`JobFields` (what the YAML job spec and
+the worker share), :class:`CheckpointPolicy`, :class:`CallbackSpec`, and :class:`TrainJob`, the
+JSON-able job a worker runs. ``cluster.spec.JobSpec`` extends :class:`JobFields` with the
+cluster-only fields. All are frozen pydantic dataclasses: validated on construction, equal by
+value, ``dataclasses.replace`` works (and validates again).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import os
-import sys
-import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
-from trainer.errors import JobSpecError, UserCodeError
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 
-#: Callback kinds a job spec may name, with what they build.
+from storage.errors import InvalidNameError
+from storage.location import RUN_NAME_RULE, validate_run_name
+from trainer.constants import DEFAULT_KEEP_LAST, PREEMPTION_POLL_STEPS
+from trainer.entry_points import (
+    DEFAULT_ENTRY_FNS,
+    ENTRY_POINT_FORMS,
+    EntryPoint,
+    load_entry_point,
+    parse_entry_point,
+)
+from trainer.errors import JobSpecError
+from trainer.job_schema import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SCHEMA_CONFIG,
+    Rule,
+    drop_nulls,
+    first_error,
+    invalid,
+)
+
+__all__ = [
+    "CALLBACK_HINT",
+    "CALLBACK_KINDS",
+    "CallbackSpec",
+    "CheckpointPolicy",
+    "EntryPoint",
+    "JobFields",
+    "TrainJob",
+    "load_entry_point",
+    "load_job_entry",
+    "parse_entry_point",
+]
+
+#: Callback kinds a job may name; ``trainer.training.build_callbacks`` maps each to a tf.keras
+#: callback. ``custom``: ``{entry: file.py:fn, ...kwargs}``, ``fn(**kwargs)`` returns one.
 CALLBACK_KINDS = (
     "early_stopping",
     "reduce_lr_on_plateau",
     "model_checkpoint",
     "tensorboard",
-    "custom",  # {"entry": "file.py:fn", ...kwargs}: fn(**kwargs) -> tf.keras.callbacks.Callback
+    "custom",
 )
+_CUSTOM_ENTRY_HINT = "expected 'path/to/file.py:fn' (fn(**kwargs) returns a Keras callback)"
+CALLBACK_HINT = "expected one mapping {kind: {arguments}}, e.g. {early_stopping: {patience: 5}}"
+_CALLBACKS_HINT = "expected a list such as [{early_stopping: {patience: 5}}]"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, config=SCHEMA_CONFIG)
 class CheckpointPolicy:
-    """When to save and what to keep.
+    """When to save and what to keep (job spec section ``checkpoint``)."""
 
-    every_steps: save every N global steps (0 = never mid-epoch).
-    every_epoch: save at the end of every epoch.
-    keep_last: committed checkpoints to keep (0 = all).
-    keep_every: additionally keep every checkpoint whose step is a multiple of this (0 = none).
-    async_upload: upload in the background (a step is blocked only for the local write).
-    """
+    every_steps: Annotated[
+        StrictInt, Field(ge=0), Rule("0 (epoch ends only) or an integer >= 1")
+    ] = 0
+    """Also save every N global steps (0: epoch ends only)."""
+    every_epoch: StrictBool = True
+    """Save at every epoch end."""
+    keep_last: Annotated[StrictInt, Field(ge=0), Rule("0 (keep all) or an integer >= 1")] = (
+        DEFAULT_KEEP_LAST
+    )
+    """Committed checkpoints to keep (0 = all)."""
+    keep_every: Annotated[StrictInt, Field(ge=0), Rule("0 (none) or an integer >= 1")] = 0
+    """Also keep every checkpoint whose step is a multiple of this (0 = none)."""
+    async_upload: Annotated[StrictBool, Field(alias="async")] = True
+    """Upload in the background; a step is blocked only for the local write (YAML: ``async``)."""
 
-    every_steps: int = 0
-    every_epoch: bool = True
-    keep_last: int = 3
-    keep_every: int = 0
-    async_upload: bool = True
-
-    def validate(self) -> None:
-        for name in ("every_steps", "keep_last", "keep_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise JobSpecError(f"checkpoint.{name}", value, "use an integer >= 0")
+    @model_validator(mode="after")
+    def _saves_something(self) -> CheckpointPolicy:
         if self.every_steps == 0 and not self.every_epoch:
-            raise JobSpecError(
-                "checkpoint.every_steps",
-                self.every_steps,
-                "set every_steps > 0 or every_epoch: true, otherwise nothing is ever saved",
+            raise invalid(
+                "with checkpoint.every_epoch false nothing would be saved before the end; "
+                "set every_steps >= 1",
+                0,
+                "every_steps",
             )
+        return self
 
 
-@dataclass(frozen=True)
+def _callback_item_schema() -> dict[str, Any]:
+    kinds: dict[str, Any] = {k: {"type": ["object", "null"]} for k in CALLBACK_KINDS}
+    kinds["custom"] = {
+        "type": "object",
+        "properties": {"entry": {"type": "string", "pattern": r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$"}},
+        "required": ["entry"],
+    }
+    return {
+        "type": "object",
+        "description": "{kind: {keyword arguments}}; kinds: " + ", ".join(CALLBACK_KINDS),
+        "properties": kinds,
+        "additionalProperties": False,
+        "minProperties": 1,
+        "maxProperties": 1,
+    }
+
+
+@dataclass(frozen=True, kw_only=True, config=SCHEMA_CONFIG)
 class CallbackSpec:
-    """One Keras callback from the job spec: ``{kind: kwargs}``."""
+    """One Keras callback of the job: written ``{kind: {kwargs}}`` (or just ``kind``)."""
 
-    kind: str
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kind: StrictStr
+    kwargs: dict[Any, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
     @classmethod
-    def from_obj(cls, obj: Any, index: int) -> CallbackSpec:
-        if isinstance(obj, CallbackSpec):
+    def _from_obj(cls, obj: Any) -> Any:
+        if isinstance(obj, CallbackSpec | ArgsKwargs):
             return obj
         if isinstance(obj, str):
             obj = {obj: {}}
         if not isinstance(obj, Mapping) or len(obj) != 1:
-            raise JobSpecError(
-                f"callbacks[{index}]", obj, "write each callback as a mapping {kind: {kwargs}}"
-            )
+            raise invalid(CALLBACK_HINT, obj)
         ((kind, kwargs),) = obj.items()
         if kind not in CALLBACK_KINDS:
-            raise JobSpecError(f"callbacks[{index}]", kind, f"use one of {list(CALLBACK_KINDS)}")
-        kwargs = dict(kwargs or {})
-        if kind == "custom" and not isinstance(kwargs.get("entry"), str):
-            raise JobSpecError(
-                f"callbacks[{index}].custom.entry",
-                kwargs.get("entry"),
-                "give 'entry: path/to/file.py:fn' (fn(**kwargs) returns a Keras callback)",
+            raise invalid(
+                "unknown callback kind; allowed: " + ", ".join(map(repr, CALLBACK_KINDS)), kind
             )
-        return cls(kind=kind, kwargs=kwargs)
+        if kwargs is None:
+            kwargs = {}
+        if not isinstance(kwargs, Mapping):
+            raise invalid("expected a mapping of keyword arguments", kwargs, str(kind))
+        if kind == "custom":
+            try:
+                parse_entry_point(kwargs.get("entry"))  # type: ignore[arg-type]
+            except ValueError:
+                raise invalid(_CUSTOM_ENTRY_HINT, kwargs.get("entry"), "custom.entry") from None
+        return {"kind": kind, "kwargs": dict(kwargs)}
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return _callback_item_schema()
 
     def to_obj(self) -> dict[str, Any]:
         return {self.kind: dict(self.kwargs)}
 
 
-@dataclass(frozen=True)
-class TrainJob:
+@dataclass(frozen=True, kw_only=True, config=SCHEMA_CONFIG)
+class JobFields:
+    """The fields the YAML job spec and the worker's :class:`TrainJob` share, declared once."""
+
+    #: Entry-point fields that may leave out ``:fn`` (the spec: none).
+    _default_entry_fns: ClassVar[Mapping[str, str]] = DEFAULT_ENTRY_FNS
+
+    name: StrictStr
+    """Run name; the run lives at ``<storage>/<name>``."""
+    model: StrictStr
+    """``path/to/file.py:fn`` or ``pkg.mod:fn``; ``fn(config)`` returns a compiled tf.keras model."""
+    data: StrictStr
+    """Entry point; ``fn(ctx)`` returns a tf.data.Dataset of unbatched (x, y) in a fixed order."""
+    val_data: StrictStr | None = None
+    """Like ``data``, for validation at each epoch end."""
+    config: dict[Any, Any] = Field(default_factory=dict)
+    """Free mapping passed to your functions."""
+    epochs: Annotated[StrictInt, Field(ge=1), POSITIVE_INT] = 1
+    """Epochs to train."""
+    global_batch_size: Annotated[StrictInt, Field(ge=1), POSITIVE_INT] = 32
+    """Batch size over all workers."""
+    seed: Annotated[StrictInt, Field(ge=0), NON_NEGATIVE_INT] = 0
+    """Seed of weights init, shuffling, dropout."""
+    deterministic: StrictBool = True
+    """Op determinism + seeded random state: resumes are bitwise exact."""
+    storage_options: dict[Any, Any] = Field(default_factory=dict)
+    """fsspec options (endpoint, region...); put secrets in the environment."""
+    checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
+    """When to save and what to keep."""
+    callbacks: tuple[CallbackSpec, ...] = ()
+    """List of ``{kind: {kwargs}}``."""
+    preemption_poll_steps: Annotated[StrictInt, Field(ge=0), Rule("an integer >= 0 (0 = off)")] = (
+        PREEMPTION_POLL_STEPS
+    )
+    """How often (in steps) every worker checks for a preemption notice."""
+
+    @field_validator("name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        try:
+            return validate_run_name(value)
+        except InvalidNameError:
+            raise invalid("allowed: " + RUN_NAME_RULE, value) from None
+
+    @field_validator("model", "data", "val_data", mode="before")
+    @classmethod
+    def _entry_point(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, str):
+            raise invalid(f"expected a string {ENTRY_POINT_FORMS}", value)
+        try:
+            parse_entry_point(value, cls._default_entry_fns.get(info.field_name or "", ""))
+        except ValueError as exc:
+            raise invalid(str(exc), value) from None
+        return value.strip()
+
+    @field_validator("callbacks", mode="before")
+    @classmethod
+    def _callback_list(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise invalid(_CALLBACKS_HINT, value)
+        return value
+
+    @field_serializer("callbacks")
+    def _dump_callbacks(self, value: tuple[CallbackSpec, ...]) -> list[dict[str, Any]]:
+        return [c.to_obj() for c in value]
+
+
+@dataclass(frozen=True, kw_only=True, config=SCHEMA_CONFIG)
+class TrainJob(JobFields):
     """Everything a worker needs to train one run. ``to_dict()`` is the Ray worker config.
 
-    model / data / val_data are entry points: ``"path/to/file.py:fn"`` (relative to
-    working_dir) or ``"pkg.mod:fn"``; without ``:fn`` the defaults are ``build_model``,
-    ``make_dataset`` and ``make_val_dataset``.
-    managed_input: spotrain shuffles (seeded by seed and epoch), batches and shards; False
-    hands the user's dataset to Keras as is (exact resume is then the user's responsibility).
-    shuffle_buffer: examples in the shuffle buffer (None = the whole dataset, capped by
-    trainer.constants.DEFAULT_SHUFFLE_BUFFER).
+    Entry points without ``:fn`` name ``build_model``, ``make_dataset``, ``make_val_dataset``.
     """
 
-    name: str
-    run_url: str
-    model: str
-    data: str
-    epochs: int
-    global_batch_size: int
-    val_data: str | None = None
-    storage_options: Mapping[str, Any] | None = None
-    config: Mapping[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    deterministic: bool = True
-    checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
-    callbacks: tuple[CallbackSpec, ...] = ()
-    working_dir: str | None = None
-    preemption_poll_steps: int = 10
-    use_gpu: bool = False
-    managed_input: bool = True
-    shuffle_buffer: int | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        for name in ("name", "run_url", "model", "data"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise JobSpecError(name, value, "give a non-empty string")
-        for name, minimum in (("epochs", 1), ("global_batch_size", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise JobSpecError(name, value, f"use an integer >= {minimum}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise JobSpecError("seed", self.seed, "use an integer >= 0")
-        if (
-            not isinstance(self.preemption_poll_steps, int)
-            or isinstance(self.preemption_poll_steps, bool)
-            or self.preemption_poll_steps < 0
-        ):
-            raise JobSpecError(
-                "preemption_poll_steps", self.preemption_poll_steps, "use an integer >= 0 (0 = off)"
-            )
-        if self.shuffle_buffer is not None and (
-            not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1
-        ):
-            raise JobSpecError("shuffle_buffer", self.shuffle_buffer, "use an integer >= 1 or null")
-        for name in ("model", "data", "val_data"):
-            value = getattr(self, name)
-            if value is not None and value.count(":") > 1:
-                raise JobSpecError(name, value, "write 'path/to/file.py:fn' or 'pkg.mod:fn'")
-        if not isinstance(self.config, Mapping):
-            raise JobSpecError("config", self.config, "give a mapping")
-        self.checkpoint.validate()
+    run_url: Annotated[StrictStr, Field(min_length=1), Rule("a non-empty string")]
+    """Where the run lives (absolute: workers run in another directory than the driver)."""
+    working_dir: StrictStr | None = None
+    """Where relative entry points are resolved (default: the current directory)."""
+    use_gpu: StrictBool = False
+    managed_input: StrictBool = True
+    """spotrain shuffles (seeded by seed and epoch), batches and shards; false hands the user's
+    dataset to Keras as is (exact resume is then the user's responsibility)."""
+    shuffle_buffer: Annotated[StrictInt | None, Field(ge=1), Rule("an integer >= 1 or null")] = None
+    """Examples in the shuffle buffer (None = the whole dataset, capped by
+    trainer.constants.DEFAULT_SHUFFLE_BUFFER)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name == "checkpoint":
-                value = dataclasses.asdict(value)
-            elif f.name == "callbacks":
-                value = [spec.to_obj() for spec in value]
-            elif isinstance(value, Mapping):
-                value = dict(value)
-            out[f.name] = value
-        return out
+        return _TRAIN_JOB.dump_python(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainJob:
+        """Validate ``data`` (field names, not YAML aliases); :class:`JobSpecError` naming the
+        first bad field."""
         if not isinstance(data, Mapping):
             raise JobSpecError("<job>", type(data).__name__, "give a mapping of job fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise JobSpecError(
-                unknown[0], data[unknown[0]], f"unknown field; known: {sorted(known)}"
-            )
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-            and f.name not in data
-        ]
-        if missing:
-            raise JobSpecError(missing[0], None, "this field is required")
-        kwargs = dict(data)
-        ckpt = kwargs.get("checkpoint")
-        if ckpt is not None and not isinstance(ckpt, CheckpointPolicy):
-            if not isinstance(ckpt, Mapping):
-                raise JobSpecError("checkpoint", ckpt, "give a mapping of checkpoint options")
-            ck_known = {f.name for f in dataclasses.fields(CheckpointPolicy)}
-            bad = sorted(set(ckpt) - ck_known)
-            if bad:
-                raise JobSpecError(
-                    f"checkpoint.{bad[0]}", ckpt[bad[0]], f"unknown; known: {sorted(ck_known)}"
-                )
-            kwargs["checkpoint"] = CheckpointPolicy(**ckpt)
-        cbs = kwargs.get("callbacks")
-        if cbs is not None:
-            if not isinstance(cbs, list | tuple):
-                raise JobSpecError("callbacks", cbs, "give a list of {kind: kwargs}")
-            kwargs["callbacks"] = tuple(CallbackSpec.from_obj(c, i) for i, c in enumerate(cbs))
-        for name in ("config", "storage_options"):
-            if kwargs.get(name) is not None and not isinstance(kwargs[name], Mapping):
-                raise JobSpecError(name, kwargs[name], "give a mapping")
-        return cls(**kwargs)
+        try:
+            return _TRAIN_JOB.validate_python(drop_nulls(data, cls), by_alias=False, by_name=True)
+        except ValidationError as exc:
+            raise JobSpecError(*first_error(exc, cls, by_alias=False)) from None
 
     def replace(self, **changes: Any) -> TrainJob:
-        return dataclasses.replace(self, **changes)
+        try:
+            return dataclasses.replace(self, **changes)
+        except ValidationError as exc:
+            raise JobSpecError(*first_error(exc, type(self), by_alias=False)) from None
 
 
-_DEFAULT_FN = {"model": "build_model", "data": "make_dataset", "val_data": "make_val_dataset"}
-
-
-def load_entry_point(spec: str, working_dir: str | None = None, default_fn: str = "") -> Callable:
-    """Load ``"path/to/file.py:fn"`` (relative to working_dir) or ``"pkg.mod:fn"``.
-
-    Import errors in the user's module become :class:`UserCodeError` with the user traceback.
-    """
-    target, _, fn_name = spec.partition(":")
-    fn_name = fn_name or default_fn
-    if not fn_name:
-        raise JobSpecError("entry point", spec, "write 'path/to/file.py:fn' or 'pkg.mod:fn'")
-    base = working_dir or os.getcwd()
-    try:
-        if target.endswith(".py"):
-            path = os.path.abspath(os.path.join(base, target))
-            if not os.path.isfile(path):
-                raise JobSpecError(
-                    "entry point", spec, f"file {path} does not exist (working_dir={base!r})"
-                )
-            mod_name = "spotrain_user_" + "".join(c if c.isalnum() else "_" for c in path)
-            module = sys.modules.get(mod_name)
-            if module is None:
-                mspec = importlib.util.spec_from_file_location(mod_name, path)
-                if mspec is None or mspec.loader is None:
-                    raise JobSpecError("entry point", spec, f"cannot import {path}")
-                module = importlib.util.module_from_spec(mspec)
-                sys.modules[mod_name] = module
-                if os.path.dirname(path) not in sys.path:
-                    sys.path.insert(0, os.path.dirname(path))
-                try:
-                    mspec.loader.exec_module(module)
-                except BaseException:
-                    del sys.modules[mod_name]
-                    raise
-        else:
-            if working_dir and working_dir not in sys.path:
-                sys.path.insert(0, working_dir)
-            module = importlib.import_module(target)
-    except JobSpecError:
-        raise
-    except Exception as exc:  # user module import: any error is the user's
-        raise UserCodeError(f"import {target}", repr(exc), traceback.format_exc()) from exc
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise JobSpecError("entry point", spec, f"{target} has no callable {fn_name!r}")
-    return fn
+_TRAIN_JOB: TypeAdapter[TrainJob] = TypeAdapter(TrainJob)
 
 
 def load_job_entry(job: TrainJob, field_name: str) -> Callable | None:
+    """Load the entry point in ``job.<field_name>`` (None when unset)."""
     spec = getattr(job, field_name)
     if spec is None:
         return None
-    return load_entry_point(spec, job.working_dir, _DEFAULT_FN.get(field_name, ""))
+    return load_entry_point(spec, job.working_dir, DEFAULT_ENTRY_FNS.get(field_name, ""))
