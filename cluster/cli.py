@@ -16,7 +16,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from cluster import constants, storage_cli, verify_cli
+from cluster import constants, schema_cli, storage_cli, verify_cli
 from cluster.chaos import cli as chaos_cli
 from cluster.display import Progress, emit, iso, safe_status, setup_logging
 from cluster.exit_codes import ExitCode
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     storage_cli.add_commands(sub)
     chaos_cli.add_commands(sub)
     verify_cli.add_commands(sub)
+    schema_cli.add_commands(sub)
     return parser
 
 
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         **storage_cli.HANDLERS,
         **chaos_cli.HANDLERS,
         **verify_cli.HANDLERS,
+        **schema_cli.HANDLERS,
     }
     from storage.errors import SpotrainError
 

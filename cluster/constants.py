@@ -41,7 +41,8 @@ DEFAULT_METRICS_EVENT_INTERVAL_S = env_float("SPOTRAIN_METRICS_EVENT_INTERVAL_S"
 #: How often the live display (and ``spotrain run``'s progress log) polls the run record.
 DEFAULT_PROGRESS_INTERVAL_S = env_float("SPOTRAIN_PROGRESS_INTERVAL_S", 2.0)
 
-#: Environment every Ray worker gets before it imports anything (see DESIGN.md: tf-keras).
+#: Environment every Ray worker gets before it imports anything (Keras 3 fails under
+#: MultiWorkerMirroredStrategy; Ray's TensorFlow backend sets this too late, after the import).
 WORKER_ENV_VARS = {"TF_USE_LEGACY_KERAS": "1"}
 
 #: Ray Train settings the driver sets (unless already in its environment) before ``fit``; Ray

@@ -29,7 +29,8 @@ def export_model(
     from storage.checkpoints import CheckpointStore
     from storage.run_record import RunRecord
     from trainer import env  # noqa: F401  (first: tf-keras, not Keras 3)
-    from trainer.job import load_entry_point
+    from trainer.entry_points import DEFAULT_ENTRY_FNS
+    from trainer.job import JobFields, field_default, load_entry_point
     from trainer.model_io import load_committed_model
 
     opts = storage_options or None
@@ -42,15 +43,15 @@ def export_model(
 
     def build_model(config: dict[str, Any]) -> Any:
         # loaded once the checkpoint is downloaded and the process configured, as before
-        fn = load_entry_point(spec["model"], working_dir or os.getcwd(), "build_model")
+        fn = load_entry_point(spec["model"], working_dir or os.getcwd(), DEFAULT_ENTRY_FNS["model"])
         return fn(config)
 
     model, manifest = load_committed_model(
         CheckpointStore(run_url, storage_options=opts),
         build_model,
         spec.get("config") or {},
-        seed=int(spec.get("seed", 0)),
-        deterministic=bool(spec.get("deterministic", True)),
+        seed=int(spec.get("seed", field_default(JobFields, "seed"))),
+        deterministic=bool(spec.get("deterministic", field_default(JobFields, "deterministic"))),
         step=step,
         include_optimizer=False,
     )

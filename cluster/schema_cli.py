@@ -20,11 +20,9 @@ from typing import Any
 from cluster.exit_codes import ExitCode
 
 
-def add_parser(subparsers: Any) -> None:
+def add_commands(sub: Any) -> None:
     """Add ``schema`` to ``spotrain``'s subparsers."""
-    p = subparsers.add_parser(
-        "schema", help="print the JSON Schema of job spec files, or check job files"
-    )
+    p = sub.add_parser("schema", help="print the JSON Schema of job spec files, or check job files")
     p.add_argument(
         "--check",
         nargs="+",
@@ -33,7 +31,7 @@ def add_parser(subparsers: Any) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_schema(args: argparse.Namespace) -> int:
     from cluster.errors import SpecError
     from cluster.spec import json_schema, load_spec
 
@@ -48,3 +46,6 @@ def run(args: argparse.Namespace) -> int:
             return ExitCode.USER_ERROR
         print(f"{path}: valid")
     return ExitCode.OK
+
+
+HANDLERS = {"schema": cmd_schema}

@@ -144,13 +144,21 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 def cmd_gc(args: argparse.Namespace) -> int:
     from storage.checkpoints import CheckpointStore
     from storage.run_record import RunRecord
+    from trainer.job import CheckpointPolicy
 
     run_url, opts = _target(args.target)
     _require_run(run_url, opts)
     doc = RunRecord(run_url, storage_options=opts or None).read_spec() or {}
     ck = (doc.get("spec") or {}).get("checkpoint") or {}
-    keep_last = args.keep_last if args.keep_last is not None else int(ck.get("keep_last", 3))
-    keep_every = args.keep_every if args.keep_every is not None else int(ck.get("keep_every", 0))
+    policy = CheckpointPolicy()  # the spec's defaults, for a run.json that leaves a field out
+    keep_last = (
+        args.keep_last if args.keep_last is not None else int(ck.get("keep_last", policy.keep_last))
+    )
+    keep_every = (
+        args.keep_every
+        if args.keep_every is not None
+        else int(ck.get("keep_every", policy.keep_every))
+    )
     store = CheckpointStore(run_url, storage_options=opts or None)
     deleted = store.apply_retention(keep_last, keep_every) if keep_last > 0 else []
     swept = (

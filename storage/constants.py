@@ -74,6 +74,3 @@ DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
 #: A holder refuses to renew in the last margin before expiry (and a taker waits this long after
 #: it), so clock skew + one write's latency below this margin cannot give two holders.
 DEFAULT_LEASE_SAFETY_MARGIN_S = env_float("SPOTRAIN_LEASE_SAFETY_MARGIN_S", 2.0)
-
-#: Test hook: when set to a path, CheckpointStore.commit pauses at named points (see checkpoints).
-PAUSE_ENV = "SPOTRAIN_TEST_COMMIT_PAUSE"

@@ -13,6 +13,7 @@ from typing import Any
 from storage.checkpoints import StoreOptions
 from trainer.constants import (
     DEFAULT_COMMIT_TIMEOUT_S,
+    DEFAULT_KEEP_LAST,
     DEFAULT_LOCAL_TMP_DIR,
     DEFAULT_PREEMPTION_POLL_STEPS,
 )
@@ -39,7 +40,7 @@ class BackupOptions:
     """
 
     storage_options: Mapping[str, Any] | None = None
-    keep_last: int = 3
+    keep_last: int = DEFAULT_KEEP_LAST
     keep_every: int = 0
     async_upload: bool = True
     save_at_epoch_end: bool | None = None

@@ -13,11 +13,11 @@ import importlib.util
 import os
 import re
 import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from trainer.errors import JobSpecError, UserCodeError
+from trainer.errors import JobSpecError
+from trainer.user_code import user_code
 
 #: The entry-point forms, as error messages quote them.
 ENTRY_POINT_FORMS = "'path/to/file.py:function' or 'package.module:function'"
@@ -72,14 +72,10 @@ def load_entry_point(spec: str, working_dir: str | None = None, default_fn: str 
     except ValueError as exc:
         raise JobSpecError("entry point", spec, str(exc)) from None
     base = working_dir or os.getcwd()
-    try:
+    with user_code(f"import {entry.target}"):
         module = (
             _import_file(entry, spec, base) if entry.is_file else _import_module(entry, working_dir)
         )
-    except JobSpecError:
-        raise
-    except Exception as exc:  # user module import: any error is the user's
-        raise UserCodeError(f"import {entry.target}", repr(exc), traceback.format_exc()) from exc
     fn = getattr(module, entry.fn, None)
     if not callable(fn):
         raise JobSpecError("entry point", spec, f"{entry.target} has no callable {entry.fn!r}")

@@ -55,6 +55,7 @@ __all__ = [
     "EntryPoint",
     "JobFields",
     "TrainJob",
+    "field_default",
     "load_entry_point",
     "load_job_entry",
     "parse_entry_point",
@@ -272,6 +273,14 @@ class TrainJob(JobFields):
 
 
 _TRAIN_JOB: TypeAdapter[TrainJob] = TypeAdapter(TrainJob)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default declared for field ``name`` of a schema class (for readers of stored specs)."""
+    (declared,) = (f for f in dataclasses.fields(cls) if f.name == name)
+    if declared.default is dataclasses.MISSING:
+        raise KeyError(f"{cls.__name__}.{name} has no default")
+    return declared.default
 
 
 def load_job_entry(job: TrainJob, field_name: str) -> Callable | None:

@@ -4,7 +4,6 @@ spec and the worker share one run-name rule and one entry-point grammar."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster import schema_cli
+from cluster import cli
 from cluster.errors import SpecError
 from cluster.spec import json_schema, load_spec, parse_spec, yaml_fields
 from storage.location import RUN_NAME_RULE, validate_name
@@ -131,9 +130,7 @@ def test_readme_names_every_callback_kind() -> None:
 
 
 def _schema_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="spotrain")
-    schema_cli.add_parser(parser.add_subparsers(dest="command"))
-    return schema_cli.run(parser.parse_args(["schema", *argv]))
+    return cli.main(["schema", *argv])
 
 
 def test_schema_command_prints_the_schema_and_checks_files(
