@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -58,12 +59,12 @@ from storage.errors import (
     NoValidCheckpointError,
     SpotrainError,
 )
-from storage.location import RunLocation, validate_relpath, validate_step
+from storage.location import RunLocation, validate_step
 from storage.manifest import FileEntry, Manifest, dumps_json
 from storage.retention import steps_to_delete, uncommitted_to_sweep
 from storage.retry import RetryOptions, call_with_retry
 from storage.run_record import RunRecord
-from storage.transfer import FileTransfer, SizeAndHash
+from storage.transfer import FileTransfer, local_files
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -215,7 +216,7 @@ class CheckpointStore:
                 "checkpoint was written to"
             )
         state_json = dumps_json(dict(state), what="checkpoint state")
-        rels = _local_files(root)
+        rels = local_files(root)
         if not rels:
             raise CheckpointStateError(
                 f"local_dir={str(local_dir)!r} holds no files; fix: write the checkpoint first"
@@ -344,21 +345,8 @@ class CheckpointStore:
     def _restore_step(self, step: int, dest: Path) -> Manifest:
         t0 = time.monotonic()
         manifest = self.manifest(step)
-        expected = {e.path: e for e in manifest.files}
-
-        def verify(rel: str, got: SizeAndHash | None) -> None:
-            if got is None:
-                raise CorruptCheckpointError(f"step {step}: file {rel} is missing", self.url)
-            size, digest = got
-            entry = expected[rel]
-            if size != entry.size or digest != entry.sha256:
-                raise CorruptCheckpointError(
-                    f"step {step}: file {rel} has size {size} sha256 {digest[:12]}..., "
-                    f"manifest says size {entry.size} sha256 {entry.sha256[:12]}...",
-                    self.url,
-                )
-
         rels = [e.path for e in manifest.files]
+        verify = partial(manifest.verify_file, where=self.url)
         self._transfer.get_files(self.loc.step_dir(step), rels, dest, verify)
         logger.info(
             "[run=%s step=%d] restored %d files, %.1f MiB in %.2fs",
@@ -404,17 +392,3 @@ class CheckpointStore:
         if swept:
             logger.info("[run=%s] swept uncommitted steps %s", self.url, swept)
         return swept
-
-
-def _local_files(root: Path) -> list[str]:
-    """Relative paths of the files under ``root`` (sorted); refuses the manifest's name."""
-    rels = []
-    for p in sorted(root.rglob("*")):
-        if p.is_file():
-            rel = validate_relpath(p.relative_to(root).as_posix())
-            if rel == MANIFEST_NAME:
-                raise CheckpointStateError(
-                    f"{p} uses the reserved name {MANIFEST_NAME}; fix: rename that file"
-                )
-            rels.append(rel)
-    return rels

@@ -54,6 +54,19 @@ class Manifest:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    def verify_file(self, rel: str, got: tuple[int, str] | None, where: str) -> None:
+        """CorruptCheckpointError unless ``got`` (size, sha256) of file ``rel`` is as listed."""
+        if got is None:
+            raise CorruptCheckpointError(f"step {self.step}: file {rel} is missing", where)
+        size, digest = got
+        (entry,) = (e for e in self.files if e.path == rel)
+        if size != entry.size or digest != entry.sha256:
+            raise CorruptCheckpointError(
+                f"step {self.step}: file {rel} has size {size} sha256 {digest[:12]}..., "
+                f"manifest says size {entry.size} sha256 {entry.sha256[:12]}...",
+                where,
+            )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": self.format,

@@ -20,6 +20,9 @@ from typing import Protocol, TypeVar
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
+from storage.constants import MANIFEST_NAME
+from storage.errors import CheckpointStateError
+from storage.location import validate_relpath
 from storage.manifest import copy_and_hash, sha256_file
 
 T = TypeVar("T")
@@ -146,3 +149,17 @@ class FileTransfer:
                 with contextlib.suppress(OSError):
                     p.unlink()
             raise
+
+
+def local_files(root: Path) -> list[str]:
+    """Relative paths of the files under ``root`` (sorted); refuses the manifest's name."""
+    rels = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            rel = validate_relpath(p.relative_to(root).as_posix())
+            if rel == MANIFEST_NAME:
+                raise CheckpointStateError(
+                    f"{p} uses the reserved name {MANIFEST_NAME}; fix: rename that file"
+                )
+            rels.append(rel)
+    return rels
