@@ -97,3 +97,21 @@ class LeaseHeldError(StorageError):
 
 class LeaseLostError(LeaseHeldError):
     """This holder's lease expired or was taken over; stop driving the run."""
+
+
+class StaleWriterError(StorageError):
+    """A writer of an older lease generation tried to change the run: refused, nothing written.
+
+    ``generation`` is the writer's, ``current`` the lease's. Never retryable: the process that
+    gets it is stale (a newer coordinator took the run over) and must stop without writing.
+    """
+
+    def __init__(
+        self, message: str, url: str | None = None, generation: int = -1, current: int = -1
+    ) -> None:
+        super().__init__(message, url)
+        self.generation = generation
+        self.current = current
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.url, self.generation, self.current))
