@@ -17,6 +17,7 @@ from typing import Protocol
 
 from cluster import constants
 from cluster.spec import JobSpec
+from storage.location import RunLocation
 
 
 @dataclass
@@ -47,10 +48,16 @@ class CoordinatorOptions:
 
 @dataclass(frozen=True)
 class AttemptContext:
-    """What a runner needs for one attempt."""
+    """What a runner needs for one attempt.
+
+    ``location`` is the run's one :class:`storage.location.RunLocation` (the coordinator's);
+    ``run_url`` is the same run as the plain string the workers get (other processes build
+    their own location from it and the spec's ``storage_options``).
+    """
 
     spec: JobSpec
     run_url: str
+    location: RunLocation
     attempt: int
     counts: dict[str, int]
     stop: threading.Event

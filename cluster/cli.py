@@ -152,7 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous_handlers[sig] = signal.signal(sig, on_signal)
-    display = Progress(args, coord.run_url, spec.storage_options, tty)
+    display = Progress(args, coord.location, tty)
     display.start()
     try:
         final = coord.run()
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig, h in previous_handlers.items():
             signal.signal(sig, h)
 
-    report = safe_status(coord.run_url, spec.storage_options)
+    report = safe_status(coord.location)
     summary = report.progress_line() if report else f"{spec.name} {final.kind.value}"
     if final.kind is RunState.SUCCEEDED:
         emit(args, "summary", message=summary, state="SUCCEEDED", code=0)

@@ -40,6 +40,7 @@ from cluster.state import (
     last_state,
     record_state,
 )
+from storage.location import RunLocation
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Coordinator:
         record: Any = None,
         store: Any = None,
         lease: Any = None,
+        location: RunLocation | None = None,
         sleep: Callable[[float], bool] | None = None,
     ) -> None:
         from storage.checkpoints import CheckpointStore
@@ -63,14 +65,17 @@ class Coordinator:
 
         self.spec = spec
         self.options = options or CoordinatorOptions()
+        #: The run URL as the workers get it (absolute; the worker job carries it as a string).
         self.run_url = absolute_run_url(spec.run_url)
-        opts = spec.storage_options or None
-        self.record = (
-            record if record is not None else RunRecord(self.run_url, storage_options=opts)
+        #: The one location of the run: record, store, lease and the runner all use it. Tests may
+        #: pass one (e.g. over a fault-injecting filesystem).
+        self.location = (
+            location
+            if location is not None
+            else RunLocation.from_url(self.run_url, spec.storage_options)
         )
-        self.store = (
-            store if store is not None else CheckpointStore(self.run_url, storage_options=opts)
-        )
+        self.record = record if record is not None else RunRecord(self.location)
+        self.store = store if store is not None else CheckpointStore(self.location)
         self._lease = lease
         self.runner = runner
         self.stop_requested = threading.Event()
@@ -89,11 +94,12 @@ class Coordinator:
         return f"[run={self.spec.name} attempt={self.attempt}] "
 
     def start(self) -> State:
-        """Take the lease (raises ``LeaseHeldError``) and load the run's state from storage."""
+        """Check that the run's storage is writable (raises ``PermanentStorageError`` /
+        ``TransientStorageError`` with the fix, before anything is written), take the lease
+        (raises ``LeaseHeldError``) and load the run's state from storage."""
+        self.location.check_writable()
         if self._lease is None:
-            self._lease = LeaseKeeper(
-                self.run_url, self.spec.storage_options, self.options, on_lost=self.request_stop
-            )
+            self._lease = LeaseKeeper(self.location, self.options, on_lost=self.request_stop)
         self._lease.acquire()
         persisted = last_state(self.record)
         if persisted is None or persisted.kind is not RunState.SUCCEEDED:
@@ -242,6 +248,7 @@ class Coordinator:
         ctx = AttemptContext(
             spec=self.spec,
             run_url=self.run_url,
+            location=self.location,
             attempt=self.attempt,
             counts=dict(self.policy.counts),
             stop=self.stop_requested,

@@ -9,9 +9,12 @@ import logging
 import sys
 import threading
 from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cluster import constants
+
+if TYPE_CHECKING:
+    from storage.location import RunLocation
 
 logger = logging.getLogger("spotrain")
 
@@ -65,12 +68,12 @@ def emit(args: argparse.Namespace, event: str, message: str, **fields: Any) -> N
         print(message, file=stream, flush=True)
 
 
-def safe_status(run_url: str, storage_options: dict[str, Any]) -> Any:
+def safe_status(location: RunLocation) -> Any:
     """The run's status report, or None when it cannot be read."""
     from cluster.status import collect_status
 
     try:
-        return collect_status(run_url, storage_options)
+        return collect_status(location)
     except Exception:  # display only: never fail the run because the summary could not be read
         logger.debug("could not read the run's status", exc_info=True)
         return None
@@ -79,13 +82,10 @@ def safe_status(run_url: str, storage_options: dict[str, Any]) -> Any:
 class Progress:
     """Live display (rich, TTY), JSON progress lines (--log-format json), or nothing."""
 
-    def __init__(
-        self, args: argparse.Namespace, run_url: str, storage_options: dict[str, Any], tty: bool
-    ) -> None:
+    def __init__(self, args: argparse.Namespace, location: RunLocation, tty: bool) -> None:
         self.json = args.log_format == "json"
         self.tty = tty
-        self.run_url = run_url
-        self.storage_options = storage_options
+        self.location = location
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -106,7 +106,7 @@ class Progress:
         if self.json:
             last = None
             while not self._stop.wait(interval):
-                rep = safe_status(self.run_url, self.storage_options)
+                rep = safe_status(self.location)
                 if rep is None:
                     continue
                 data = rep.to_json()
@@ -154,6 +154,6 @@ class Progress:
         console = Console()
         with Live(console=console, refresh_per_second=2, transient=True) as live:
             while not self._stop.wait(interval):
-                rep = safe_status(self.run_url, self.storage_options)
+                rep = safe_status(self.location)
                 if rep is not None:
                     live.update(render(rep))

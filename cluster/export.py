@@ -9,16 +9,18 @@ imported here only.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.errors import NoRunError, SpecError
 
+if TYPE_CHECKING:
+    from storage.location import RunLocation
+
 
 def export_model(
-    run_url: str,
+    location: RunLocation,
     out: str,
     step: int | None = None,
-    storage_options: dict[str, Any] | None = None,
     working_dir: str | None = None,
 ) -> tuple[str, int]:
     """Write the model of ``step`` (default: latest committed) to ``out``; return (path, step).
@@ -33,13 +35,12 @@ def export_model(
     from trainer.job import JobFields, field_default, load_entry_point
     from trainer.model_io import load_committed_model
 
-    opts = storage_options or None
-    doc = RunRecord(run_url, storage_options=opts).read_spec()
+    doc = RunRecord(location).read_spec()
     if doc is None:
-        raise NoRunError(run_url)
+        raise NoRunError(location.url)
     spec = doc["spec"]
     if not spec.get("model"):
-        raise SpecError("model", None, "run.json has no model entry point", source=run_url)
+        raise SpecError("model", None, "run.json has no model entry point", source=location.url)
 
     def build_model(config: dict[str, Any]) -> Any:
         # loaded once the checkpoint is downloaded and the process configured, as before
@@ -47,7 +48,7 @@ def export_model(
         return fn(config)
 
     model, manifest = load_committed_model(
-        CheckpointStore(run_url, storage_options=opts),
+        CheckpointStore(location),
         build_model,
         spec.get("config") or {},
         seed=int(spec.get("seed", field_default(JobFields, "seed"))),

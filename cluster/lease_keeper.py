@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from cluster.attempt import CoordinatorOptions
+from storage.location import RunLocation
 
 logger = logging.getLogger(__name__)
 
@@ -17,17 +17,14 @@ class LeaseKeeper:
 
     def __init__(
         self,
-        run_url: str,
-        storage_options: dict[str, Any],
+        location: RunLocation,
         options: CoordinatorOptions,
         on_lost: Callable[[], None] | None = None,
     ) -> None:
         from storage.lease import Lease
 
         self.on_lost = on_lost
-        self.lease = Lease(
-            run_url, options.holder_id, options.lease_ttl_s, storage_options=storage_options or None
-        )
+        self.lease = Lease(location, options.holder_id, options.lease_ttl_s)
         self.renew_s = options.lease_renew_s
         self.lost = threading.Event()
         self._stop = threading.Event()

@@ -19,7 +19,10 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from storage.location import RunLocation
 
 _NUMERIC = (int, float)
 
@@ -143,6 +146,15 @@ def resolve_target(target: str) -> tuple[str, dict[str, Any]]:
     return target, {}
 
 
+def target_location(target: str) -> RunLocation:
+    """The run of ``target`` (a run URL or a job spec YAML, see :func:`resolve_target`) as the
+    one :class:`storage.location.RunLocation` a read-only command works on."""
+    from storage.location import RunLocation
+
+    url, storage_options = resolve_target(target)
+    return RunLocation.from_url(url, storage_options)
+
+
 def _num(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, _NUMERIC):
         return None
@@ -217,19 +229,20 @@ def interruptions(events: list[Any]) -> list[Any]:
     return out
 
 
-def collect_status(run_url: str, storage_options: dict[str, Any] | None = None) -> StatusReport:
-    """Build the report from the run record and the checkpoints (read-only)."""
+def collect_status(location: RunLocation) -> StatusReport:
+    """Build the report from the run record and the checkpoints (read-only).
+
+    The report's ``run_url`` is ``location.url`` (the URL as given, credentials masked)."""
     from storage.checkpoints import CheckpointStore
     from storage.run_record import RunRecord
 
-    opts = storage_options or None
-    record = RunRecord(run_url, storage_options=opts)
-    store = CheckpointStore(run_url, storage_options=opts)
+    record = RunRecord(location)
+    store = CheckpointStore(location)
     doc = record.read_spec()
     events = record.events()
     steps = store.committed_steps()
     latest = store.manifest(steps[-1]) if steps else None
-    return build_report(run_url, doc, events, latest)
+    return build_report(location.url, doc, events, latest)
 
 
 def build_report(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.display import iso
 from cluster.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from storage.location import RunLocation
 
 
 def add_commands(sub: Any) -> None:
@@ -40,26 +43,30 @@ def add_commands(sub: Any) -> None:
     )
 
 
-def _target(target: str) -> tuple[str, dict[str, Any]]:
-    from cluster.status import resolve_target
+def _target(target: str) -> RunLocation:
+    """The command's run, resolved once (a run URL or a job spec YAML)."""
+    from cluster.status import target_location
 
-    return resolve_target(target)
+    return target_location(target)
 
 
-def _require_run(run_url: str, storage_options: dict[str, Any]) -> None:
+def _require_run(location: RunLocation) -> dict[str, Any]:
+    """The run's ``run.json``; NoRunError when there is no run at ``location``."""
     from cluster.errors import NoRunError
     from storage.run_record import RunRecord
 
-    if RunRecord(run_url, storage_options=storage_options or None).read_spec() is None:
-        raise NoRunError(run_url)
+    doc = RunRecord(location).read_spec()
+    if doc is None:
+        raise NoRunError(location.url)
+    return doc
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from cluster.status import collect_status
 
-    run_url, opts = _target(args.target)
-    _require_run(run_url, opts)
-    rep = collect_status(run_url, opts)
+    location = _target(args.target)
+    _require_run(location)
+    rep = collect_status(location)
     plot_path = None
     if args.plot:
         from cluster.plot import write_plot
@@ -108,9 +115,9 @@ def _status_text(rep: Any) -> str:
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     from storage.checkpoints import CheckpointStore
 
-    run_url, opts = _target(args.target)
-    _require_run(run_url, opts)
-    store = CheckpointStore(run_url, storage_options=opts or None)
+    location = _target(args.target)
+    _require_run(location)
+    store = CheckpointStore(location)
     rows: list[dict[str, Any]] = []
     for step in store.committed_steps():
         m = store.manifest(step)
@@ -129,7 +136,7 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return ExitCode.OK
     if not rows:
-        print(f"no committed checkpoints under {run_url}")
+        print(f"no committed checkpoints under {location.url}")
         return ExitCode.OK
     print(f"{'step':>10}  {'epoch':>5}  {'size':>10}  {'files':>5}  created")
     for r in rows:
@@ -143,12 +150,10 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     from storage.checkpoints import CheckpointStore
-    from storage.run_record import RunRecord
     from trainer.job import CheckpointPolicy
 
-    run_url, opts = _target(args.target)
-    _require_run(run_url, opts)
-    doc = RunRecord(run_url, storage_options=opts or None).read_spec() or {}
+    location = _target(args.target)
+    doc = _require_run(location)
     ck = (doc.get("spec") or {}).get("checkpoint") or {}
     policy = CheckpointPolicy()  # the spec's defaults, for a run.json that leaves a field out
     keep_last = (
@@ -159,7 +164,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if args.keep_every is not None
         else int(ck.get("keep_every", policy.keep_every))
     )
-    store = CheckpointStore(run_url, storage_options=opts or None)
+    store = CheckpointStore(location)
     deleted = store.apply_retention(keep_last, keep_every) if keep_last > 0 else []
     swept = (
         store.sweep_uncommitted(min_age_s=args.min_age_s)
@@ -176,10 +181,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cluster.export import export_model
 
-    run_url, opts = _target(args.target)
+    location = _target(args.target)
     t0 = time.time()
-    out, step = export_model(run_url, args.out, step=args.step, storage_options=opts)
-    print(f"exported step {step} of {run_url} to {out} ({time.time() - t0:.1f}s)")
+    out, step = export_model(location, args.out, step=args.step)
+    print(f"exported step {step} of {location.url} to {out} ({time.time() - t0:.1f}s)")
     return ExitCode.OK
 
 

@@ -26,7 +26,7 @@ from fsspec.core import split_protocol, url_to_fs
 from fsspec.spec import AbstractFileSystem
 
 from storage.constants import MANIFEST_NAME, MAX_STEP, STEP_DIGITS
-from storage.errors import InvalidNameError
+from storage.errors import InvalidNameError, PermanentStorageError
 from storage.retry import RetryOptions, call_with_retry
 
 #: Path components (a run's directory): lowercase letters, digits, '-', '_', '.'; start with a
@@ -110,11 +110,15 @@ def redact_url(url: str) -> str:
     except ValueError:
         return _REDACTED
     netloc = parts.netloc
+    pairs = parse_qsl(parts.query, keep_blank_values=True) if parts.query else []
+    secret_query = any(any(w in k.lower() for w in _SECRET_WORDS) for k, _ in pairs)
+    if "@" not in netloc and not secret_query:
+        # nothing to mask: the URL as given (urlunsplit would rewrite e.g. 'memory:///x')
+        return url
     if "@" in netloc:
         netloc = _REDACTED + "@" + netloc.rsplit("@", 1)[1]
     query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
+    if secret_query:
         query = urlencode(
             [(k, _REDACTED if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs],
             safe="*",
@@ -274,7 +278,17 @@ class RunLocation:
         probe = self.path(f".spotrain-probe-{uuid.uuid4().hex}")
 
         def write_and_delete() -> None:
-            self.fs.pipe_file(probe, b"ok")
+            try:
+                self.fs.pipe_file(probe, b"ok")
+            except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+                # path-level errors pass call_with_retry unchanged; for the probe they mean the
+                # run's directory cannot exist there (a file stands where a directory should be)
+                detail = self.redact(f"{type(exc).__name__}: {exc}")
+                raise PermanentStorageError(
+                    f"write probe failed on {self.url}: {detail}; fix: point the run's storage "
+                    "at a directory (or a prefix) that can be created, not below a file",
+                    self.url,
+                ) from None
             self.fs.rm(probe)
 
         call_with_retry(

@@ -26,6 +26,7 @@ import numpy as np
 from storage.checkpoints import CheckpointStore
 from storage.committer import AsyncCommitter
 from storage.errors import SpotrainError
+from storage.location import RunLocation
 from trainer import state as st
 from trainer.backup_options import BackupOptions
 from trainer.cluster_context import WorkerContext
@@ -92,10 +93,11 @@ class WorkerTrainingState:
     # ------------------------------------------------------------------ read-only views
     @property
     def store(self) -> CheckpointStore:
+        """The run's store; on first use built over the worker's one location of the run
+        (``backup_dir`` + ``options.storage_options``), unless one was passed in."""
         if self._store is None:
-            self._store = CheckpointStore(
-                self.backup_dir, self.options.storage_options, self.options.store_options
-            )
+            location = RunLocation.from_url(self.backup_dir, self.options.storage_options)
+            self._store = CheckpointStore(location, options=self.options.store_options)
         return self._store
 
     @property

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from storage.location import RunLocation
 from trainer import env
 from trainer.data import DataContext
 from trainer.job import TrainJob, load_job_entry
@@ -284,7 +285,7 @@ def _likely_causes(job: TrainJob, straight: RunTrace, again_job: TrainJob, steps
 
 # final weights from storage ---------------------------------------------------------------------
 def committed_tensors(
-    run_url: str, storage_options: dict[str, Any] | None = None, step: int | None = None
+    location: RunLocation, step: int | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Every tensor of a committed checkpoint (default: the latest) and its training state.
 
@@ -292,7 +293,7 @@ def committed_tensors(
     """
     from storage.checkpoints import CheckpointStore
 
-    store = CheckpointStore(run_url, storage_options)
+    store = CheckpointStore(location)
     with tempfile.TemporaryDirectory(prefix="spotrain-tensors-") as tmp:
         manifest = store.restore(tmp, step=step)
         tensors: dict[str, np.ndarray] = {}

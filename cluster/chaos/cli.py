@@ -54,6 +54,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from cluster.chaos.schedule import parse_schedule, random_schedule
     from cluster.spec import load_spec
     from cluster.status import collect_status
+    from storage.location import RunLocation
     from storage.run_record import RunRecord
 
     spec = load_spec(args.job).with_overrides(storage=args.storage, epochs=args.epochs)
@@ -78,9 +79,9 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
     )
     result = Emulator(args.job, faults, options).run()
-    run_url = spec.run_url
-    events = RunRecord(run_url, spec.storage_options).events()
-    summary = collect_status(run_url, spec.storage_options).to_json()
+    location = RunLocation.from_url(spec.run_url, spec.storage_options)
+    events = RunRecord(location).events()
+    summary = collect_status(location).to_json()
     costs = fault_costs(result, events)
     print(render(result, costs, summary))
     if args.report_json:
@@ -97,6 +98,7 @@ def _compare_with_reference(args: argparse.Namespace, spec: Any, options: Any) -
     from dataclasses import replace
 
     from cluster.chaos.emulator import Emulator
+    from storage.location import RunLocation
     from trainer.verify import committed_tensors, differing_tensors
 
     ref_storage = spec.storage.rstrip("/") + "-reference"
@@ -109,8 +111,10 @@ def _compare_with_reference(args: argparse.Namespace, spec: Any, options: Any) -
     if not ref.succeeded:
         print(f"reference run failed with exit code {ref.exit_code}", file=sys.stderr)
         return int(ExitCode.INFRA_ERROR)
-    got, state = committed_tensors(spec.run_url, spec.storage_options)
-    want, ref_state = committed_tensors(ref_spec.run_url, spec.storage_options)
+    got, state = committed_tensors(RunLocation.from_url(spec.run_url, spec.storage_options))
+    want, ref_state = committed_tensors(
+        RunLocation.from_url(ref_spec.run_url, ref_spec.storage_options)
+    )
     differ = differing_tensors(want, got)
     if not differ:
         print(f"final weights: bitwise EQUAL to the uninterrupted run ({len(want)} tensors)")

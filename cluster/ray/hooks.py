@@ -9,6 +9,10 @@
   ``ray.train.report`` metrics into ``metrics`` events (at every epoch change and at most every
   ``DEFAULT_METRICS_EVENT_INTERVAL_S`` seconds), which ``spotrain status`` and ``--plot`` read.
 
+Both are built in the driver with the run's :class:`storage.location.RunLocation` and pickled to
+the controller (a location pickles: its fsspec filesystem is rebuilt from its options there);
+each holds one run record over that location.
+
 Ray Train 2.60 has no public hook for a custom failure policy: the private classes used here
 and the install hook live in :mod:`cluster.ray.internals`, which checks them at run time.
 """
@@ -25,18 +29,14 @@ from ray.train.v2.api.callback import UserCallback
 from cluster import constants
 from cluster.failure_policy import Decision, FailureKind, FailurePolicy, FailurePolicyOptions
 from cluster.ray.internals import FailureDecision, RayFailurePolicy
+from storage.location import RunLocation
+from storage.run_record import RunRecord
 
 logger = logging.getLogger(__name__)
 
 # Shared between the callback and the policy inside one controller process.
 _LAST_REPORT: dict[str, dict[str, Any]] = {}
 _ATTEMPT: dict[str, int] = {}
-
-
-def _record(run_url: str, storage_options: dict[str, Any]) -> Any:
-    from storage.run_record import RunRecord
-
-    return RunRecord(run_url, storage_options=storage_options or None)
 
 
 def _driver_stopping(rec: Any) -> bool:
@@ -51,17 +51,16 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
     def __init__(
         self,
         failure_config: Any,
-        run_url: str,
-        storage_options: dict[str, Any],
+        location: RunLocation,
         options: FailurePolicyOptions,
         counts: dict[str, int],
         attempt: int,
     ) -> None:
         super().__init__(failure_config)
-        self.run_url = run_url
-        self.storage_options = storage_options
+        self.run_url = location.url
+        self.record = RunRecord(location)
         self.policy = FailurePolicy(options=options, counts=dict(counts))
-        self.policy.log_prefix = f"[run={run_url} attempt={attempt}] "
+        self.policy.log_prefix = f"[run={self.run_url} attempt={attempt}] "
         self.attempt = attempt
 
     def make_decision(self, training_failed_error: Any) -> FailureDecision:
@@ -80,7 +79,7 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
         if verdict.failure.user_traceback:
             payload["user_traceback"] = verdict.failure.user_traceback[-20000:]
         try:
-            rec = _record(self.run_url, self.storage_options)
+            rec = self.record
             if verdict.restart and _driver_stopping(rec):
                 # The driver asked for this save (SIGTERM) and is exiting: no restart.
                 verdict = replace(verdict, decision=Decision.RAISE)
@@ -104,21 +103,19 @@ class MetricsEventCallback(UserCallback):
 
     def __init__(
         self,
-        run_url: str,
-        storage_options: dict[str, Any],
+        location: RunLocation,
         attempt: int = 1,
         interval_s: float | None = None,
     ) -> None:
-        self.run_url = run_url
+        self.run_url = location.url
         self.attempt = attempt
-        self.storage_options = storage_options
+        self.record = RunRecord(location)
         self.interval_s = (
             constants.DEFAULT_METRICS_EVENT_INTERVAL_S if interval_s is None else interval_s
         )
         self._last_write = 0.0
         self._last_epoch: Any = None
         self._last_val: Any = None
-        self._record: Any = None
 
     def after_report(
         self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
@@ -140,8 +137,6 @@ class MetricsEventCallback(UserCallback):
         }
         payload.setdefault("attempt", _ATTEMPT.get(self.run_url, self.attempt))
         try:
-            if self._record is None:
-                self._record = _record(self.run_url, self.storage_options)
-            self._record.append_event("metrics", **payload)
+            self.record.append_event("metrics", **payload)
         except Exception:  # process boundary: metrics are best effort
             logger.warning("could not write a metrics event", exc_info=True)

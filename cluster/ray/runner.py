@@ -126,7 +126,6 @@ class RayAttemptRunner:
 
         from cluster.ray.hooks import MetricsEventCallback, SpotrainRayFailurePolicy
         from cluster.ray.internals import install_failure_policy
-        from storage.location import RunLocation
         from trainer.worker import train_loop_per_worker
 
         for name, value in constants.RAY_TRAIN_ENV_DEFAULTS.items():
@@ -151,7 +150,7 @@ class RayAttemptRunner:
             resources_per_worker=resources,
             **elastic,
         )
-        loc = RunLocation.from_url(ctx.run_url, spec.storage_options or None)
+        loc = ctx.location
         storage_fs = None
         if not loc.is_local:
             from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -166,9 +165,7 @@ class RayAttemptRunner:
             storage_path=loc.root + "/" + constants.RAY_STORAGE_SUBDIR,
             storage_filesystem=storage_fs,
             failure_config=failure_config,
-            callbacks=[
-                MetricsEventCallback(ctx.run_url, dict(spec.storage_options), attempt=ctx.attempt)
-            ],
+            callbacks=[MetricsEventCallback(loc, attempt=ctx.attempt)],
             worker_runtime_env={"env_vars": dict(constants.WORKER_ENV_VARS)},
         )
         trainer = TensorflowTrainer(
@@ -179,8 +176,7 @@ class RayAttemptRunner:
         )
         policy = SpotrainRayFailurePolicy(
             failure_config,
-            run_url=ctx.run_url,
-            storage_options=dict(spec.storage_options),
+            location=loc,
             options=options_from_spec(spec.failures, ctx.options.backoff_override_s),
             counts=ctx.counts,
             attempt=ctx.attempt,
@@ -224,9 +220,8 @@ class RayAttemptRunner:
         from storage.checkpoints import CheckpointStore
         from storage.run_record import RunRecord
 
-        opts = ctx.spec.storage_options or None
-        store = CheckpointStore(ctx.run_url, storage_options=opts)
-        record = RunRecord(ctx.run_url, storage_options=opts)
+        store = CheckpointStore(ctx.location)
+        record = RunRecord(ctx.location)
         steps = store.committed_steps()
         before = steps[-1] if steps else None
         grace = ctx.options.sigterm_grace_s

@@ -10,13 +10,14 @@ from typing import Any
 from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from storage.checkpoints import CheckpointStore
+from storage.location import RunLocation
 from storage.run_record import RunRecord
 
 STEPS_PER_EPOCH = 10
 
 
-def commit(run_url: str, step: int, *, finished: bool = False, epochs: int = 2) -> None:
-    store = CheckpointStore(run_url)
+def commit(run: str | RunLocation, step: int, *, finished: bool = False, epochs: int = 2) -> None:
+    store = CheckpointStore(run)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "ckpt.index").write_bytes(b"x" * (step + 1))
         store.commit(
@@ -47,13 +48,13 @@ class FakeRunner:
     def run(self, ctx: AttemptContext) -> AttemptResult:
         self.calls.append(ctx)
         steps, outcome = self.script.pop(0)
-        rec = RunRecord(ctx.run_url)
+        rec = RunRecord(ctx.location)
         if ctx.attempt > 1:
-            latest = CheckpointStore(ctx.run_url).latest()
+            latest = CheckpointStore(ctx.location).latest()
             if latest is not None:
                 rec.append_event("restore", step=latest.step)
         for s in steps:
-            commit(ctx.run_url, s)
+            commit(ctx.location, s)
             rec.append_event(
                 "metrics",
                 global_step=s,
@@ -63,7 +64,7 @@ class FakeRunner:
             )
         if outcome is None:
             total = STEPS_PER_EPOCH * self.epochs
-            commit(ctx.run_url, total, finished=True)
+            commit(ctx.location, total, finished=True)
             return AttemptResult(global_step=total)
         if outcome == "stop":
             ctx.stop.wait(5)

@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import pytest
+from fsspec.implementations.local import LocalFileSystem
 
 from cluster.coordinator import Coordinator, CoordinatorOptions
-from cluster.spec import parse_spec
+from cluster.spec import absolute_run_url, parse_spec
 from cluster.state import RunState, last_state
 from cluster.status import collect_status
-from storage.errors import LeaseHeldError
+from storage.errors import LeaseHeldError, PermanentStorageError
+from storage.location import RunLocation
 from storage.run_record import RunRecord
+from tests.fakes import FaultyFileSystem
 from trainer.errors import PreemptedError, UserCodeError
 
 from .fakes import FakeRunner, commit
@@ -59,7 +63,7 @@ def test_happy_path_one_transition_per_step(tmp_path: Path) -> None:
     assert c.step() == (nxt, nxt)
     c.close()
     assert kinds(c) == ["PENDING", "RUNNING", "SUCCEEDED"]
-    rep = collect_status(c.run_url)
+    rep = collect_status(c.location)
     assert (rep.state, rep.global_step, rep.total_steps, rep.attempts) == ("SUCCEEDED", 20, 20, 1)
 
 
@@ -80,7 +84,7 @@ def test_preemption_then_resume_then_success(tmp_path: Path) -> None:
     assert c.step()[1].kind is RunState.SUCCEEDED
     c.close()
     assert kinds(c) == ["PENDING", "RUNNING", "PREEMPTED", "RESUMING", "RUNNING", "SUCCEEDED"]
-    rep = collect_status(c.run_url)
+    rep = collect_status(c.location)
     assert (rep.attempts, rep.preemptions, rep.state) == (2, 1, "SUCCEEDED")
     assert [m.kind for m in rep.markers] == ["preemption", "restore"]
 
@@ -97,7 +101,7 @@ def test_user_code_error_fails_fast_with_traceback(tmp_path: Path) -> None:
     assert final.kind is RunState.FAILED and final.is_user_error
     assert "digits.py, line 3" in final.user_traceback
     assert len(runner.calls) == 1
-    assert collect_status(c.run_url).state == "FAILED"
+    assert collect_status(c.location).state == "FAILED"
 
 
 def test_failure_budget_spent_is_an_infrastructure_failure(tmp_path: Path) -> None:
@@ -149,7 +153,7 @@ def test_driver_lost_mid_run_counts_as_preemption_and_resumes(tmp_path: Path) ->
     assert c2.run().kind is RunState.SUCCEEDED
     c2.close()
     assert c2.runner.calls[0].attempt == 2
-    rep = collect_status(c2.run_url)
+    rep = collect_status(c2.location)
     assert rep.preemptions == 1 and rep.attempts == 2
 
 
@@ -167,7 +171,7 @@ def test_sigterm_stops_with_preempted_and_the_next_run_resumes(tmp_path: Path) -
     assert c2.start().kind is RunState.PREEMPTED
     assert c2.run().kind is RunState.SUCCEEDED
     c2.close()
-    assert collect_status(c2.run_url).preemptions == 1
+    assert collect_status(c2.location).preemptions == 1
 
 
 def test_finished_run_succeeds_at_once_and_failed_run_is_retried(tmp_path: Path) -> None:
@@ -226,3 +230,63 @@ def test_backoff_doubles_without_progress_and_resets_after_progress(tmp_path: Pa
         if e.payload["state"] == "RESUMING"
     ]
     assert resuming == [1.0, 2.0, 1.0]
+
+
+def test_one_location_for_record_store_lease_and_attempts(tmp_path: Path) -> None:
+    runner = FakeRunner([([5], None)])
+    c = coordinator(tmp_path, runner)
+    c.start()
+    assert c.run().kind is RunState.SUCCEEDED
+    c.close()
+    loc = c.location
+    assert loc.url == c.run_url == absolute_run_url(c.spec.run_url)
+    assert c.record.loc is loc and c.store.loc is loc and c._lease.lease.loc is loc
+    (ctx,) = runner.calls
+    assert ctx.location is loc and ctx.run_url == c.run_url
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_storage_below_a_file_fails_at_start_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("a file where the runs directory should be")
+    before = _files(tmp_path)
+    c = coordinator(tmp_path, FakeRunner([]))
+    with pytest.raises(PermanentStorageError, match=r"write probe failed.*fix: ") as info:
+        c.start()
+    assert info.value.url == c.location.url
+    assert c._lease is None  # failed before taking the lease
+    assert _files(tmp_path) == before
+    assert (tmp_path / "runs").read_text() == "a file where the runs directory should be"
+
+
+@pytest.mark.skipif(
+    hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories"
+)
+def test_read_only_directory_fails_at_start_and_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs").chmod(0o555)
+    try:
+        c = coordinator(tmp_path, FakeRunner([]))
+        with pytest.raises(PermanentStorageError, match="fix: "):
+            c.start()
+        assert c._lease is None
+        assert _files(tmp_path) == ["runs"]
+    finally:
+        (tmp_path / "runs").chmod(0o755)
+
+
+def test_refused_writes_fail_at_start_and_write_nothing(tmp_path: Path) -> None:
+    """A read-only storage (access denied) as a fault, so that it also fails as root."""
+    spec = make_spec(tmp_path)
+    fs = FaultyFileSystem(LocalFileSystem(auto_mkdir=True))
+    fs.fail("pipe_file", PermissionError(13, "Permission denied"), times=None)
+    loc = RunLocation.from_url(absolute_run_url(spec.run_url), fs=fs)  # type: ignore[arg-type]
+    opts = CoordinatorOptions(lease_ttl_s=10, lease_renew_s=5, backoff_override_s=0)
+    c = Coordinator(spec, opts, FakeRunner([]), location=loc)
+    assert c.record.loc is loc and c.store.loc is loc
+    with pytest.raises(PermanentStorageError, match="fix: check the credentials"):
+        c.start()
+    assert c._lease is None and fs.raised("pipe_file") == 1
+    assert _files(tmp_path) == []

@@ -42,3 +42,19 @@ def test_bad_spec_is_3_and_names_the_field(tmp_path, capsys) -> None:
 def test_status_of_missing_run_is_3(tmp_path, capsys) -> None:
     assert main(["status", f"file://{tmp_path}/nothing"]) == 3
     assert "no spotrain run" in capsys.readouterr().err
+
+
+def test_unwritable_storage_is_4_before_anything_runs(tmp_path, capsys, monkeypatch) -> None:
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    (tmp_path / "runs").write_text("not a directory")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "name: demo\nmodel: examples/digits.py:build_model\ndata: examples/digits.py:make_dataset\n"
+        f"storage: file://{tmp_path}/runs\n"
+    )
+    assert main(["run", str(job)]) == 4
+    err = capsys.readouterr().err
+    assert err.startswith("spotrain run: error: write probe failed on ") and "fix: " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml", "runs"]

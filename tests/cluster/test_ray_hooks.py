@@ -20,6 +20,7 @@ from ray.train.v2.api.preemption import PreemptionInfo
 from cluster.failure_policy import FailurePolicyOptions
 from cluster.ray.hooks import _LAST_REPORT, MetricsEventCallback, SpotrainRayFailurePolicy
 from cluster.ray.internals import install_failure_policy
+from storage.location import RunLocation
 from storage.run_record import RunRecord
 from trainer.errors import PreemptedError, UserCodeError
 
@@ -27,8 +28,7 @@ from trainer.errors import PreemptedError, UserCodeError
 def policy(url: str, **opts: int) -> SpotrainRayFailurePolicy:
     return SpotrainRayFailurePolicy(
         FailureConfig(max_failures=3),
-        run_url=url,
-        storage_options={},
+        location=RunLocation.from_url(url),
         options=FailurePolicyOptions(backoff_s=0, **opts),
         counts={"preemptions": 0, "failures": 0, "storage": 0},
         attempt=1,
@@ -63,7 +63,7 @@ def test_preemptions_retry_and_count_attempts(tmp_path: Path) -> None:
 
 def test_metrics_callback_writes_per_epoch(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/run"
-    cb = MetricsEventCallback(url, {}, attempt=2, interval_s=3600)
+    cb = MetricsEventCallback(RunLocation.from_url(url), attempt=2, interval_s=3600)
     for step, epoch in ((10, 0), (20, 0), (23, 1)):
         cb.after_report(None, [{"global_step": step, "epoch": epoch, "loss": 1.0, "x": [1]}], None)
     evs = RunRecord(url).events(kinds=["metrics"])
@@ -97,3 +97,21 @@ def test_no_restart_while_the_driver_is_stopping(tmp_path: Path) -> None:
     assert not rec.events(kinds=["attempt_start"])[1:]
     (ev,) = rec.events(kinds=["preemption"])
     assert ev.payload["decision"] == "STOP"
+
+
+def test_hooks_pickle_with_their_location(tmp_path: Path) -> None:
+    """Both are built in the driver and pickled to Ray's controller, location included."""
+    import cloudpickle
+
+    url = f"file://{tmp_path}/run"
+    cb = cloudpickle.loads(
+        cloudpickle.dumps(MetricsEventCallback(RunLocation.from_url(url), interval_s=0))
+    )
+    cb.after_report(None, [{"global_step": 3, "epoch": 0}], None)
+    p = cloudpickle.loads(cloudpickle.dumps(policy(url)))
+    assert p.record.loc.url == url
+    err = UserCodeError("fit", "bug")
+    wrapped = UserExceptionWithTraceback(err, traceback_str="")
+    assert p.make_decision(WorkerGroupError("x", {0: wrapped})) is FailureDecision.RAISE
+    rec = RunRecord(url)
+    assert [e.kind for e in rec.events(kinds=["metrics", "failure"])] == ["metrics", "failure"]

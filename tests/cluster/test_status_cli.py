@@ -15,6 +15,7 @@ from cluster.cli import main
 from cluster.state import Failed, Preempted, Running, Succeeded, record_state
 from cluster.status import build_report, collect_status, resolve_target
 from storage.checkpoints import CheckpointStore
+from storage.location import RunLocation
 from storage.run_record import RunRecord
 
 from .fakes import commit
@@ -78,7 +79,7 @@ def test_status_text_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     out = capsys.readouterr().out
     assert "SUCCEEDED" in out and "20 / 20" in out and f"plot: {png}" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    rep = collect_status(url)
+    rep = collect_status(RunLocation.from_url(url))
     assert [m.kind for m in rep.markers] == ["preemption", "restore"]
     assert {p.attempt for p in rep.history} == {1, 2}
 
@@ -92,7 +93,7 @@ def test_status_of_failed_run_shows_the_error(
     record_state(rec, Failed(reason="user_code", message="error in user code (build_model): boom"))
     assert main(["status", url]) == 0
     assert "build_model" in capsys.readouterr().out
-    assert collect_status(url).state == "FAILED"
+    assert collect_status(RunLocation.from_url(url)).state == "FAILED"
 
 
 def test_status_accepts_the_job_yaml(tmp_path: Path) -> None:

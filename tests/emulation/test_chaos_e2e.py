@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from storage.location import RunLocation
 from trainer.verify import committed_tensors, differing_tensors
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -56,7 +57,7 @@ def references(tmp_path_factory):
             storage = f"file://{tmp_path_factory.mktemp('reference')}"
             out = _spotrain("run", JOB, "--storage", storage, "--epochs", epochs, "--workers", "2")
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-            cache[epochs] = committed_tensors(f"{storage}/digits-mlp")[0]
+            cache[epochs] = committed_tensors(RunLocation.from_url(f"{storage}/digits-mlp"))[0]
         return cache[epochs]
 
     return get
@@ -101,7 +102,7 @@ def _emulate(
 
 def _check_run(report: dict[str, Any], run_url: str, reference: dict[str, Any]) -> list[dict]:
     assert report["status"]["state"] == "SUCCEEDED"
-    got, state = committed_tensors(run_url)
+    got, state = committed_tensors(RunLocation.from_url(run_url))
     assert state["world_size"] == 2
     assert differing_tensors(reference, got) == []
 
@@ -189,7 +190,7 @@ def test_elastic_run_continues_with_fewer_workers_after_losing_a_node(tmp_path):
     )
     assert report["status"]["state"] == "SUCCEEDED"
     assert report["status"]["total_steps"] == report["status"]["global_step"]
-    _, state = committed_tensors(run_url)
+    _, state = committed_tensors(RunLocation.from_url(run_url))
     assert state["world_size"] == 1, "no node came back: the run must have shrunk to 1 worker"
     assert state["global_batch_size"] == 64
 
@@ -202,5 +203,5 @@ def test_elastic_run_grows_when_capacity_arrives(tmp_path):
     restores = [e["payload"] for e in _events(run_url) if e["kind"] == "restore"]
     grown = [r for r in restores if r["saved_by_world_size"] == 1 and r["world_size"] == 2]
     assert grown, f"never grew from 1 to 2 workers: {restores}"
-    _, state = committed_tensors(run_url)
+    _, state = committed_tensors(RunLocation.from_url(run_url))
     assert state["world_size"] == 2 and state["global_batch_size"] == 64

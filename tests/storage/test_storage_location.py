@@ -80,6 +80,9 @@ def test_redact_url() -> None:
     out = redact_url("https://host/path?X-Amz-Signature=abc123&X-Amz-Credential=cred&a=1")
     assert "abc123" not in out and "cred" not in out and "a=1" in out
     assert redact_url("/plain/path") == "/plain/path"
+    # nothing to mask: the URL exactly as given (status --json shows it)
+    for url in ("memory:///x/run", "FILE:///tmp/run", "s3://b/r?versionId=1&a", "file://./runs/x"):
+        assert redact_url(url) == url
 
 
 def test_redact_text_masks_storage_option_secrets() -> None:
@@ -193,3 +196,19 @@ def test_storage_classes_take_one_run_location(
     store.commit(1, tmp_path / "c", {"step": 1})
     # the URL form still works and sees the same run
     assert CheckpointStore(run_url, storage_options).committed_steps() == [1]
+
+
+def test_check_writable_below_a_file_is_permanent(tmp_path) -> None:
+    (tmp_path / "runs").write_text("x")
+    loc = RunLocation.from_url(f"file://{tmp_path}/runs/job")
+    with pytest.raises(PermanentStorageError, match=r"write probe failed.*fix: ") as info:
+        loc.check_writable()
+    assert info.value.url == loc.url
+    assert (tmp_path / "runs").read_text() == "x"
+
+
+def test_run_location_pickles(tmp_path) -> None:
+    loc = RunLocation.from_url(f"file://{tmp_path}/run", {"secret": "abcdef-secret"})
+    again = pickle.loads(pickle.dumps(loc))
+    assert (again.url, again.root, again.secrets) == (loc.url, loc.root, loc.secrets)
+    again.check_writable()
