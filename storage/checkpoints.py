@@ -1,42 +1,36 @@
 """Checkpoints on any fsspec URL: atomic commit, verified restore with fallback, retention.
 
-Commit protocol (works on object stores without atomic rename), one method per step:
+Commit protocol (:mod:`storage.commit_protocol`): files go under a fresh per-commit folder of
+the step directory, the manifest is written last and create-only; that write is the commit. A
+step without a manifest does not exist for readers. A committed step is never deleted to be
+rewritten: a second commit of a step that verifies is a no-op returning the existing manifest.
 
-1. ``_uncommit``: if step N is already committed, its ``MANIFEST.json`` is deleted first (the
-   step stops existing for readers), then leftovers of the step directory are removed.
-2. ``FileTransfer.put_files``: every file of the local directory is uploaded under
-   ``<run>/checkpoints/<N:012d>/`` in parallel (``StoreOptions.concurrency`` files at once,
-   biggest first), while sha256 of each file is computed in parallel. On real local files copy
-   and hash are one pass per file.
-3. ``_check_uploaded``: the uploaded sizes are checked against one listing of the step.
-4. ``_write_manifest``: ``MANIFEST.json`` (files with size + sha256, the caller's JSON state)
-   is written last: that single object write is the commit. A step without a manifest does not
-   exist for any reader and is swept later by :meth:`CheckpointStore.sweep_uncommitted`.
-
-A failure in steps 2-4 removes what was uploaded (``_abandon``, best effort) and raises a typed
-error; nothing is ever half-committed. A process killed before step 4 leaves an uncommitted
-directory that readers ignore. Durability against a power loss of the machine itself is the
-backend's (local files are not fsynced; object stores acknowledge durable writes).
+With a :class:`storage.fencing.Fence` (``fence=``) every commit checks the run's lease before
+it uploads and right before its commit point, and every delete (retention, ``delete_step``, the
+sweep) checks it before deleting: a writer of an older lease generation gets
+:class:`StaleWriterError` and changes nothing of the newer generation.
 
 Restore downloads every file of the chosen step in parallel into the destination directory and
-verifies size and sha256 (local files: copied and hashed in one pass). A step with a missing,
-truncated or altered file (or an unreadable manifest) is skipped with a warning and a
-``checkpoint_corrupt`` event, and the next older committed step is tried;
+verifies size and sha256. A step with a missing, truncated or altered file, or a manifest that
+does not parse or whose digest does not match its body (an edited ``state``), is skipped with a
+warning and a ``checkpoint_corrupt`` event, and the next older committed step is tried;
 :class:`NoValidCheckpointError` if none is left. Transient faults that outlive the retries
-raise :class:`TransientStorageError` instead of falling back, so a network blip never silently
-rolls training back.
+raise :class:`TransientStorageError` instead of falling back.
+
+Retention counts only verified steps (:mod:`storage.retention`): manifest parses and its digest
+holds, paths valid, listed sizes match; the newest kept one fully checksummed. Unverified steps
+are never counted as kept, and the last verified step is never deleted.
 
 The store itself records ``checkpoint_commit`` (step, files, bytes, seconds) and
-``checkpoint_corrupt`` (step, reason) events in the run record (``StoreOptions.record_events``);
-callers need not write them.
+``checkpoint_corrupt`` (step, reason) events in the run record (``StoreOptions.record_events``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -47,6 +41,7 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
+from storage import commit_protocol
 from storage.constants import (
     DEFAULT_HASH_BLOCK_BYTES,
     DEFAULT_SWEEP_MIN_AGE_S,
@@ -59,12 +54,12 @@ from storage.errors import (
     NoValidCheckpointError,
     SpotrainError,
 )
+from storage.fencing import Fence
 from storage.location import RunLocation, validate_step
 from storage.manifest import FileEntry, Manifest, dumps_json
-from storage.retention import steps_to_delete, uncommitted_to_sweep
 from storage.retry import RetryOptions, call_with_retry
 from storage.run_record import RunRecord
-from storage.transfer import FileTransfer, local_files
+from storage.transfer import FileTransfer, check_listed, local_files, step_sizes
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -79,7 +74,7 @@ class StoreOptions:
     concurrency: files transferred (and hashed) at once.
     retry: retry policy of every storage call (shrink it in tests).
     sweep_min_age_s: default age below which :meth:`CheckpointStore.sweep_uncommitted` never
-        deletes an uncommitted step (another writer may still be uploading it).
+        deletes an uncommitted step or commit folder (another writer may still be uploading it).
     hash_block_bytes: read size when hashing local files.
     record_events: write ``checkpoint_commit`` / ``checkpoint_corrupt`` events to the run record.
     """
@@ -99,7 +94,9 @@ class CheckpointStore:
     """Committed checkpoints of one run. Thread-safe for concurrent readers; one writer.
 
     ``run`` is the run's :class:`RunLocation`, or its URL (then resolved with
-    ``storage_options`` and ``fs``, see :meth:`RunLocation.from_url`).
+    ``storage_options`` and ``fs``, see :meth:`RunLocation.from_url`). ``fence``: the lease
+    generation this writer runs under; every commit and delete is then checked against the
+    run's lease (see the module docstring). Without one, writes are not fenced.
     """
 
     def __init__(
@@ -110,11 +107,19 @@ class CheckpointStore:
         *,
         fs: AbstractFileSystem | None = None,
         record: RunRecord | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.options = options or StoreOptions()
         self.loc = RunLocation.resolve(run, storage_options, fs=fs)
-        self.record = record or RunRecord(self.loc, retry=self.options.retry)
+        self.fence = fence
+        self.record = record or RunRecord(self.loc, retry=self.options.retry, fence=fence)
         self._lock = threading.Lock()
+        #: (step, manifest digest) of steps whose every file this store checksummed itself
+        self._verified: set[tuple[int, str]] = set()
+
+    def with_fence(self, fence: Fence) -> CheckpointStore:
+        """This run's store (same location and options) writing under ``fence``."""
+        return CheckpointStore(self.loc, options=self.options, fence=fence)
 
     def __getstate__(self) -> dict[str, Any]:
         # picklable (e.g. to hand a store to a Ray actor); the lock is per process
@@ -149,6 +154,11 @@ class CheckpointStore:
             fn, what=what, url=self.loc.url, options=self.options.retry, redact=self.loc.redact
         )
 
+    def _check_fence(self, what: str) -> None:
+        """StaleWriterError when a newer lease generation holds the run (no-op unfenced)."""
+        if self.fence is not None:
+            self.fence.check(what)
+
     def _event(self, kind: str, **payload: Any) -> None:
         if not self.options.record_events:
             return
@@ -172,15 +182,18 @@ class CheckpointStore:
     # -- reading ---------------------------------------------------------------------------
     def committed_steps(self) -> list[int]:
         """Steps whose MANIFEST.json exists, ascending (one recursive listing)."""
+        return self._committed_in(self._find(self.loc.checkpoints_dir, "list checkpoints"))
+
+    def _committed_in(self, listing: Mapping[str, Any]) -> list[int]:
         steps = set()
-        for p in self._find(self.loc.checkpoints_dir, "list checkpoints"):
+        for p in listing:
             parsed = self.loc.split_checkpoint_path(p)
             if parsed is not None and parsed[1] == MANIFEST_NAME:
                 steps.add(parsed[0])
         return sorted(steps)
 
     def manifest(self, step: int) -> Manifest:
-        """The manifest of committed ``step``.
+        """The manifest of committed ``step`` (parsed, digest checked).
 
         FileNotFoundError if the step is not committed; CorruptCheckpointError if unreadable.
         """
@@ -203,11 +216,35 @@ class CheckpointStore:
                 logger.warning("[run=%s step=%d] skipping step: %s", self.url, step, exc)
         return None
 
+    def verify_step(
+        self, step: int, *, full: bool = False, listing: Mapping[str, Any] | None = None
+    ) -> Manifest:
+        """The manifest of ``step`` if the step verifies, else CorruptCheckpointError.
+
+        Always: the manifest parses, its digest holds, its paths are valid and every listed
+        file has the manifest's size (``listing``: a detailed listing of the checkpoints to
+        reuse). ``full``: also download and checksum every file (skipped for a step this
+        store committed or restored itself). FileNotFoundError if ``step`` is not committed.
+        """
+        m = self.manifest(step)
+        if listing is None:
+            listing = self._find(self.loc.step_dir(step), "list step")
+        check_listed(
+            m, step_sizes(self.loc, listing, step), self.loc.display(self.loc.step_dir(step))
+        )
+        if full and (step, m.digest) not in self._verified:
+            with tempfile.TemporaryDirectory(prefix="spotrain-verify-") as tmp:
+                self._download(m, Path(tmp))
+        return m
+
     # -- commit ----------------------------------------------------------------------------
     def commit(
         self, step: int, local_dir: str | os.PathLike[str], state: Mapping[str, Any]
     ) -> Manifest:
-        """Upload ``local_dir`` as step ``step`` and commit it (manifest last); see module doc."""
+        """Upload ``local_dir`` as step ``step`` and commit it (manifest last); see module doc.
+
+        A step that is already committed and verifies is left as it is: its manifest is
+        returned (a no-op). StaleWriterError when the fence refuses the commit."""
         validate_step(step)
         root = Path(local_dir)
         if not root.is_dir():
@@ -222,86 +259,16 @@ class CheckpointStore:
                 f"local_dir={str(local_dir)!r} holds no files; fix: write the checkpoint first"
             )
         with self._lock:
-            return self._commit(step, root, rels, state_json)
+            existing = commit_protocol.existing_step(self, step)
+            if existing is not None:
+                return existing
+            return commit_protocol.commit_new(self, step, root, rels, state_json)
 
-    def _commit(self, step: int, root: Path, rels: list[str], state_json: str) -> Manifest:
-        t0 = time.monotonic()
-        self._uncommit(step)
-        try:
-            hashes = self._transfer.put_files(root, rels, self.loc.step_dir(step))
-            files = tuple(FileEntry(rel, *hashes[rel]) for rel in rels)
-            self._check_uploaded(step, files)
-            manifest = self._write_manifest(step, files, state_json)
-        except BaseException as exc:
-            self._abandon(step, exc)
-            raise
-        self._report_commit(manifest, time.monotonic() - t0)
-        return manifest
-
-    def _uncommit(self, step: int) -> None:
-        """Step 1: un-commit an existing ``step`` (manifest first) and clear leftovers of a
-        torn attempt."""
-        step_dir = self.loc.step_dir(step)
-        self._rm(self.loc.manifest_path(step))
-        self.fs.invalidate_cache(step_dir)
-        if self._call("check step dir", lambda: self.fs.exists(step_dir)):
-            self._rm(step_dir, recursive=True)
-
-    def _check_uploaded(self, step: int, files: tuple[FileEntry, ...]) -> None:
-        """Step 3: every uploaded file has its local size (one listing of the step)."""
-        sizes = {}
-        for p, info in self._find(self.loc.step_dir(step), "list uploaded files").items():
-            parsed = self.loc.split_checkpoint_path(p)
-            if parsed is not None and parsed[0] == step:
-                sizes[parsed[1]] = info.get("size")
-        for entry in files:
-            if sizes.get(entry.path) != entry.size:
-                raise CorruptCheckpointError(
-                    f"uploaded {entry.path} has size {sizes.get(entry.path)} on "
-                    f"{self.url}, expected {entry.size}; the commit was abandoned",
-                    self.url,
-                )
-
-    def _write_manifest(self, step: int, files: tuple[FileEntry, ...], state_json: str) -> Manifest:
-        """Step 4, the commit: write ``MANIFEST.json`` last; return exactly what readers see."""
-        data = Manifest(step=step, files=files, state=json.loads(state_json)).to_json()
-        manifest = Manifest.from_json(data)
-        path = self.loc.manifest_path(step)
-        self._call("write manifest", lambda: self.fs.pipe_file(path, data))
-        return manifest
-
-    def _abandon(self, step: int, exc: BaseException) -> None:
-        """A failed commit: remove what was uploaded (best effort; sweep catches the rest)."""
-        logger.warning(
-            "[run=%s step=%d] commit failed, removing the uncommitted upload: %s",
-            self.url,
-            step,
-            self.loc.redact(str(exc)),
-        )
-        try:
-            self._rm(self.loc.manifest_path(step))
-            self._rm(self.loc.step_dir(step), recursive=True)
-        except SpotrainError as cleanup_exc:  # keep the original error; sweep will clean up
-            logger.warning("[run=%s step=%d] cleanup failed: %s", self.url, step, cleanup_exc)
-
-    def _report_commit(self, manifest: Manifest, elapsed: float) -> None:
-        mib = manifest.total_bytes / 2**20
-        logger.info(
-            "[run=%s step=%d] committed %d files, %.1f MiB in %.2fs (%.0f MiB/s)",
-            self.url,
-            manifest.step,
-            len(manifest.files),
-            mib,
-            elapsed,
-            mib / elapsed if elapsed > 0 else 0.0,
-        )
-        self._event(
-            "checkpoint_commit",
-            step=manifest.step,
-            files=len(manifest.files),
-            bytes=manifest.total_bytes,
-            seconds=round(elapsed, 3),
-        )
+    def _write_manifest(
+        self, step: int, files: tuple[FileEntry, ...], state_json: str, prefix: str = ""
+    ) -> Manifest | None:
+        """Step 4, the commit (see :func:`storage.commit_protocol.write_manifest`)."""
+        return commit_protocol.write_manifest(self, step, files, state_json, prefix)
 
     # -- restore ---------------------------------------------------------------------------
     def restore(self, dest_dir: str | os.PathLike[str], step: int | None = None) -> Manifest:
@@ -345,9 +312,7 @@ class CheckpointStore:
     def _restore_step(self, step: int, dest: Path) -> Manifest:
         t0 = time.monotonic()
         manifest = self.manifest(step)
-        rels = [e.path for e in manifest.files]
-        verify = partial(manifest.verify_file, where=self.url)
-        self._transfer.get_files(self.loc.step_dir(step), rels, dest, verify)
+        self._download(manifest, dest)
         logger.info(
             "[run=%s step=%d] restored %d files, %.1f MiB in %.2fs",
             self.url,
@@ -358,37 +323,36 @@ class CheckpointStore:
         )
         return manifest
 
-    # -- retention and sweeping (decisions in storage.retention) ----------------------------
+    def _download(self, manifest: Manifest, dest: Path) -> None:
+        """Every file of ``manifest`` into ``dest``, each checked (size + sha256) as it lands."""
+        step_dir = self.loc.step_dir(manifest.step)
+        src = f"{step_dir}/{manifest.prefix}" if manifest.prefix else step_dir
+        rels = [e.path for e in manifest.files]
+        verify = partial(manifest.verify_file, where=self.url)
+        self._transfer.get_files(src, rels, dest, verify)
+        self._verified.add((manifest.step, manifest.digest))
+
+    # -- retention and sweeping (storage.pruning; decisions in storage.retention) ----------
     def delete_step(self, step: int) -> None:
-        """Un-commit (manifest first) and delete ``step``."""
+        """Un-commit (manifest first) and delete ``step`` (fenced)."""
         validate_step(step)
+        self._check_fence(f"delete of step {step}")
         self._rm(self.loc.manifest_path(step))
         self._rm(self.loc.step_dir(step), recursive=True)
 
     def apply_retention(self, keep_last: int, keep_every: int = 0) -> list[int]:
-        """Delete committed steps except the newest ``keep_last`` and, when ``keep_every`` > 0,
-        every step divisible by ``keep_every``. Returns the deleted steps."""
-        deleted = steps_to_delete(self.committed_steps(), keep_last, keep_every)
-        for s in deleted:
-            self.delete_step(s)
-        if deleted:
-            logger.info("[run=%s] retention deleted steps %s", self.url, deleted)
-        return deleted
+        """Keep the newest ``keep_last`` verified steps (and, with ``keep_every`` > 0, every
+        verified step divisible by it); delete the other committed steps. See
+        :func:`storage.pruning.apply_retention`. Returns the deleted steps."""
+        from storage.pruning import apply_retention
+
+        return apply_retention(self, keep_last, keep_every)
 
     def sweep_uncommitted(self, min_age_s: float | None = None) -> list[int]:
-        """Delete step directories that have no manifest and whose newest file is older than
-        ``min_age_s`` (default ``StoreOptions.sweep_min_age_s``, 6 h).
+        """Delete uncommitted step directories and unreferenced commit folders older than
+        ``min_age_s`` (default ``StoreOptions.sweep_min_age_s``, 6 h); see
+        :func:`storage.pruning.sweep_uncommitted`. Returns the swept (uncommitted) steps."""
+        from storage.pruning import sweep_uncommitted
 
-        The age threshold is what keeps this safe: a directory without a manifest may belong to
-        a writer that is still uploading it, so it is only removed once nothing in it changed
-        for longer than any commit takes. Directories with no readable modification time are
-        left alone. Returns the swept steps.
-        """
         min_age = self.options.sweep_min_age_s if min_age_s is None else float(min_age_s)
-        listing = self._find(self.loc.checkpoints_dir, "list checkpoints")
-        swept = uncommitted_to_sweep(self.loc, listing, now=time.time(), min_age_s=min_age)
-        for step in swept:
-            self._rm(self.loc.step_dir(step), recursive=True)
-        if swept:
-            logger.info("[run=%s] swept uncommitted steps %s", self.url, swept)
-        return swept
+        return sweep_uncommitted(self, min_age)

@@ -43,8 +43,9 @@ def _spotrain_version() -> str:
 #: Version written into manifests and run.json.
 SPOTRAIN_VERSION = _spotrain_version()
 
-#: Format version of MANIFEST.json; readers refuse newer majors.
-MANIFEST_FORMAT = 1
+#: Format version of MANIFEST.json; readers refuse newer majors. 2: ``digest`` over the body,
+#: files below a per-commit ``prefix`` folder, the writer's lease ``generation``.
+MANIFEST_FORMAT = 2
 MANIFEST_NAME = "MANIFEST.json"
 #: Step directories are ``<step:012d>``; steps must fit (0 <= step < 10**12).
 STEP_DIGITS = 12

@@ -21,6 +21,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
+
 from storage.location import RunLocation
 
 #: ``call(what, fn)``: run ``fn`` with the lease's retries; ``what`` names it in errors.
@@ -39,15 +42,18 @@ class CasBackend(Protocol):
     def replace(self, data: bytes, version: str) -> str | None: ...
 
 
-def backend_for(loc: RunLocation, path: str, call: Call) -> CasBackend:
-    """The strongest backend for ``loc``'s filesystem, chosen by protocol."""
-    if loc.is_local:
-        return LocalFileCas(loc, path, call)
+def backend_for(loc: RunLocation, path: str, call: Call, what: str = "lease") -> CasBackend:
+    """The strongest backend for ``loc``'s filesystem, chosen by protocol. ``what`` names the
+    object in errors (the lease; a checkpoint manifest, written create-only)."""
+    if not isinstance(loc.fs, AbstractFileSystem):  # a wrapper (tests): through its methods
+        return VerifyingCas(loc, path, call, what)
+    if loc.is_local and isinstance(loc.fs, LocalFileSystem):
+        return LocalFileCas(loc, path, call, what)
     if loc.protocol == "memory":
-        return MemoryCas(loc, path, call)
+        return MemoryCas(loc, path, call, what)
     if loc.protocol in ("s3", "s3a") and hasattr(loc.fs, "call_s3"):
-        return S3Cas(loc, path, call)
-    return VerifyingCas(loc, path, call)
+        return S3Cas(loc, path, call, what)
+    return VerifyingCas(loc, path, call, what)
 
 
 def _digest(data: bytes) -> str:
@@ -57,12 +63,12 @@ def _digest(data: bytes) -> str:
 class _FsRead:
     """``read`` through ``fs.cat_file``, versioned by sha256 (memory and generic backends)."""
 
-    def __init__(self, loc: RunLocation, path: str, call: Call) -> None:
-        self.fs, self.path, self.call = loc.fs, path, call
+    def __init__(self, loc: RunLocation, path: str, call: Call, what: str = "lease") -> None:
+        self.fs, self.path, self.call, self.what = loc.fs, path, call, what
 
     def read(self) -> tuple[bytes | None, str | None]:
         try:
-            data = self.call("read lease", lambda: self.fs.cat_file(self.path))
+            data = self.call(f"read {self.what}", lambda: self.fs.cat_file(self.path))
         except FileNotFoundError:
             return None, None
         return data, _digest(data)
@@ -80,15 +86,18 @@ class LocalFileCas(_FsRead):
         return tmp
 
     def create(self, data: bytes) -> str | None:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self._write_temp(data)
-        try:
-            os.link(tmp, self.path)  # atomic, fails if the lease exists
-        except FileExistsError:
-            return None
-        finally:
-            os.unlink(tmp)
-        return _digest(data)
+        def link() -> bool:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = self._write_temp(data)
+            try:
+                os.link(tmp, self.path)  # atomic, fails if the object exists
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
+
+        return _digest(data) if self.call(f"create {self.what}", link) else None
 
     def replace(self, data: bytes, version: str) -> str | None:
         import fcntl
@@ -116,7 +125,7 @@ class MemoryCas(_FsRead):
         with _memory_lock:
             if self.fs.exists(self.path):
                 return None
-            self.fs.pipe_file(self.path, data)
+            self.call(f"create {self.what}", lambda: self.fs.pipe_file(self.path, data))
         return _digest(data)
 
     def replace(self, data: bytes, version: str) -> str | None:
@@ -134,8 +143,8 @@ class MemoryCas(_FsRead):
 class S3Cas:
     """S3: PutObject with ``If-None-Match: *`` / ``If-Match: <ETag>``, each write read back."""
 
-    def __init__(self, loc: RunLocation, path: str, call: Call) -> None:
-        self.fs, self.path, self.call = loc.fs, path, call
+    def __init__(self, loc: RunLocation, path: str, call: Call, what: str = "lease") -> None:
+        self.fs, self.path, self.call, self.what = loc.fs, path, call, what
         self.bucket, self.key, _ = self.fs.split_path(path)
 
     def read(self) -> tuple[bytes | None, str | None]:
@@ -144,7 +153,7 @@ class S3Cas:
             return _sync_read(self.fs, resp["Body"]), str(resp["ETag"])
 
         try:
-            data, etag = self.call("read lease", get)
+            data, etag = self.call(f"read {self.what}", get)
         except FileNotFoundError:
             return None, None
         return data, etag
@@ -173,10 +182,10 @@ class S3Cas:
         return etag or str(resp.get("ETag"))
 
     def create(self, data: bytes) -> str | None:
-        return self._put("create lease", data, (FileExistsError,), IfNoneMatch="*")
+        return self._put(f"create {self.what}", data, (FileExistsError,), IfNoneMatch="*")
 
     def replace(self, data: bytes, version: str) -> str | None:
-        return self._put("update lease", data, (FileNotFoundError,), IfMatch=version)
+        return self._put(f"update {self.what}", data, (FileNotFoundError,), IfMatch=version)
 
 
 class VerifyingCas(_FsRead):
@@ -185,13 +194,13 @@ class VerifyingCas(_FsRead):
     def create(self, data: bytes) -> str | None:
         if self.read() != (None, None):
             return None
-        self.call("create lease", lambda: self.fs.pipe_file(self.path, data))
+        self.call(f"create {self.what}", lambda: self.fs.pipe_file(self.path, data))
         return self._verify(data)
 
     def replace(self, data: bytes, version: str) -> str | None:
         if self.read()[1] != version:
             return None
-        self.call("update lease", lambda: self.fs.pipe_file(self.path, data))
+        self.call(f"update {self.what}", lambda: self.fs.pipe_file(self.path, data))
         return self._verify(data)
 
     def _verify(self, data: bytes) -> str | None:

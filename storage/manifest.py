@@ -3,6 +3,13 @@
 ``MANIFEST.json`` is written last; its presence is what makes a step committed. JSON only,
 never pickle. ``state`` is the caller's JSON training state (epoch, step, seeds, callback
 states...), stored as given.
+
+The manifest covers itself: ``digest`` is the sha256 of the canonical JSON of every other field
+(files, state, prefix, generation...), so an edited ``global_step`` or a dropped file entry fails
+:meth:`Manifest.from_json` like a torn manifest does. ``prefix`` is the per-commit folder inside
+the step directory that holds the files (file paths are relative to it); ``generation`` is the
+lease generation of the writer that committed it. Manifests of format 1 (no digest, no prefix)
+are still read.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from storage.constants import DEFAULT_HASH_BLOCK_BYTES, MANIFEST_FORMAT, SPOTRAIN_VERSION
@@ -49,6 +56,12 @@ class Manifest:
     created: float = field(default_factory=time.time)
     spotrain_version: str = SPOTRAIN_VERSION
     format: int = MANIFEST_FORMAT
+    #: the per-commit folder (inside the step directory) holding the files; "" = the step dir
+    prefix: str = ""
+    #: lease generation of the writer (None: written without a fence)
+    generation: int | None = None
+    #: sha256 of the canonical body (every field but this one); set by ``to_json``/``from_json``
+    digest: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -67,8 +80,13 @@ class Manifest:
                 where,
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def file_path(self, rel: str) -> str:
+        """Path of file ``rel`` relative to the step directory (below the commit folder)."""
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def body(self) -> dict[str, Any]:
+        """Every field but ``digest`` (what the digest covers)."""
+        d: dict[str, Any] = {
             "format": self.format,
             "step": self.step,
             "created": self.created,
@@ -76,6 +94,16 @@ class Manifest:
             "files": [f.to_dict() for f in self.files],
             "state": self.state,
         }
+        if self.format >= 2:
+            d["prefix"] = self.prefix
+            d["generation"] = self.generation
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.body()
+        if self.format >= 2:
+            d["digest"] = body_digest(d)
+        return d
 
     def to_json(self) -> bytes:
         return dumps_json(self.to_dict(), what="checkpoint state").encode()
@@ -91,14 +119,33 @@ class Manifest:
         state = d.get("state", {})
         if not isinstance(state, dict):
             raise ValueError("manifest state is not an object")
-        return cls(
+        prefix = d.get("prefix", "") if fmt >= 2 else ""
+        if not isinstance(prefix, str) or (prefix and "/" in validate_relpath(prefix)):
+            raise ValueError(f"manifest prefix {prefix!r} is not one folder name")
+        generation = d.get("generation") if fmt >= 2 else None
+        if generation is not None and (
+            isinstance(generation, bool) or not isinstance(generation, int)
+        ):
+            raise ValueError(f"manifest generation {generation!r} is not an integer")
+        m = cls(
             step=validate_step(d["step"]),
             files=tuple(FileEntry.from_dict(f) for f in d["files"]),
             state=state,
             created=float(d["created"]),
             spotrain_version=str(d.get("spotrain_version", "unknown")),
             format=fmt,
+            prefix=prefix,
+            generation=generation,
         )
+        if fmt >= 2:
+            want = body_digest(m.body())
+            if d.get("digest") != want:
+                raise ValueError(
+                    f"manifest digest {str(d.get('digest'))[:12]}... does not match its body "
+                    f"({want[:12]}...): the manifest was edited or torn"
+                )
+            m = replace(m, digest=want)
+        return m
 
     @classmethod
     def from_json(cls, data: bytes | str, where: str = "") -> Manifest:
@@ -107,6 +154,11 @@ class Manifest:
             return cls.from_dict(json.loads(data))
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptCheckpointError(f"unreadable manifest {where}: {exc}", where) from exc
+
+
+def body_digest(body: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of a manifest body."""
+    return hashlib.sha256(dumps_json(dict(body), what="checkpoint state").encode()).hexdigest()
 
 
 def dumps_json(obj: Any, what: str = "value") -> str:

@@ -29,6 +29,7 @@ from fsspec.spec import AbstractFileSystem
 
 from storage.constants import SPOTRAIN_VERSION
 from storage.errors import InvalidNameError
+from storage.fencing import Fence
 from storage.location import RunLocation
 from storage.manifest import dumps_json
 from storage.retry import RetryOptions, call_with_retry
@@ -96,9 +97,11 @@ class RunRecord:
         *,
         retry: RetryOptions | None = None,
         fs: AbstractFileSystem | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.loc = RunLocation.resolve(run, storage_options, fs=fs)
         self.retry = retry or RetryOptions()
+        self.fence = fence
 
     @property
     def url(self) -> str:
@@ -150,6 +153,8 @@ class RunRecord:
         event = Event(seq=_next_seq(), kind=kind, time=time.time(), payload=dict(payload))
         data = dumps_json(event.to_dict(), what=f"event {kind!r} payload").encode()
         path = f"{self.loc.events_dir}/{event.seq}-{kind}.json"
+        if self.fence is not None:
+            self.fence.check(f"event {kind!r}")
         self._call("write event", lambda: self.loc.fs.pipe_file(path, data))
         return event
 

@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
 from storage.constants import MANIFEST_NAME
-from storage.errors import CheckpointStateError
-from storage.location import validate_relpath
-from storage.manifest import copy_and_hash, sha256_file
+from storage.errors import CheckpointStateError, CorruptCheckpointError
+from storage.location import RunLocation, validate_relpath
+from storage.manifest import Manifest, copy_and_hash, sha256_file
 
 T = TypeVar("T")
 
@@ -163,3 +163,27 @@ def local_files(root: Path) -> list[str]:
                 )
             rels.append(rel)
     return rels
+
+
+def step_sizes(
+    loc: RunLocation, listing: Mapping[str, Mapping[str, Any]], step: int
+) -> dict[str, Any]:
+    """{path inside the step directory: listed size} of ``step`` in a detailed listing."""
+    sizes = {}
+    for p, info in listing.items():
+        parsed = loc.split_checkpoint_path(p)
+        if parsed is not None and parsed[0] == step and info.get("type") != "directory":
+            sizes[parsed[1]] = info.get("size")
+    return sizes
+
+
+def check_listed(manifest: Manifest, sizes: Mapping[str, Any], where: str) -> None:
+    """CorruptCheckpointError unless every file of ``manifest`` is listed with its size."""
+    for entry in manifest.files:
+        got = sizes.get(manifest.file_path(entry.path))
+        if got != entry.size:
+            what = "is missing" if got is None else f"has size {got}"
+            raise CorruptCheckpointError(
+                f"step {manifest.step}: file {entry.path} {what}, manifest says {entry.size}",
+                where,
+            )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 
 def make_checkpoint(
@@ -33,3 +34,8 @@ def read_tree(root: Path) -> dict[str, bytes]:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def step_file(store: Any, step: int, rel: str) -> str:
+    """Path on ``store.fs`` of file ``rel`` of committed ``step`` (below its commit folder)."""
+    return store.loc.step_dir(step) + "/" + store.manifest(step).file_path(rel)

@@ -21,7 +21,7 @@ from storage.errors import (
 from storage.run_record import RunRecord
 from tests.conftest import FAST_RETRY
 from tests.fakes import FaultyFileSystem, corrupt_file
-from tests.storage.helpers import make_checkpoint, read_tree, sha256_bytes
+from tests.storage.helpers import make_checkpoint, read_tree, sha256_bytes, step_file
 
 OPTS = StoreOptions(retry=FAST_RETRY, concurrency=4)
 
@@ -63,19 +63,34 @@ def test_commit_list_latest_restore(run_url: str, storage_options: dict, tmp_pat
     assert kinds == ["checkpoint_commit", "checkpoint_commit"]
 
 
-def test_recommit_same_step_replaces_it(
+def test_recommit_of_a_committed_step_is_a_noop(
     run_url: str, storage_options: dict, tmp_path: Path
 ) -> None:
     store = _store(run_url, storage_options)
-    make_checkpoint(tmp_path / "a", {"x.bin": 100, "old.bin": 10})
-    store.commit(5, tmp_path / "a", {"finished": False})
-    new = make_checkpoint(tmp_path / "b", {"x.bin": 120})
-    store.commit(5, tmp_path / "b", {"finished": True})
-    assert store.committed_steps() == [5]
-    assert store.latest().state == {"finished": True}  # type: ignore[union-attr]
+    first = make_checkpoint(tmp_path / "a", {"x.bin": 100, "old.bin": 10})
+    m1 = store.commit(5, tmp_path / "a", {"finished": False})
+    listing = sorted(_files(store.fs, store.loc.step_dir(5)))
+    make_checkpoint(tmp_path / "b", {"x.bin": 120})
+    m2 = store.commit(5, tmp_path / "b", {"finished": True})
+    assert m2 == m1  # the existing manifest, unchanged
+    assert sorted(_files(store.fs, store.loc.step_dir(5))) == listing  # nothing deleted/added
     out = tmp_path / "out"
     store.restore(out)
-    assert read_tree(out) == new  # old.bin is gone from the step
+    assert read_tree(out) == first
+
+
+def test_recommit_replaces_a_step_that_does_not_verify(
+    run_url: str, storage_options: dict, tmp_path: Path
+) -> None:
+    store = _store(run_url, storage_options)
+    make_checkpoint(tmp_path / "a", {"x.bin": 100})
+    store.commit(5, tmp_path / "a", {"n": 1})
+    store.fs.pipe_file(step_file(store, 5, "x.bin"), b"short")  # truncated
+    new = make_checkpoint(tmp_path / "b", {"x.bin": 120})
+    m = store.commit(5, tmp_path / "b", {"n": 2})
+    assert m.state == {"n": 2}
+    store.restore(tmp_path / "out")
+    assert read_tree(tmp_path / "out") == new
 
 
 def test_bare_local_path(tmp_path: Path) -> None:
@@ -117,7 +132,7 @@ def test_corrupt_latest_falls_back_with_event(
     store.commit(1, tmp_path / "c1", {"n": 1})
     make_checkpoint(tmp_path / "c2")
     store.commit(2, tmp_path / "c2", {"n": 2})
-    corrupt_file(store.fs, store.loc.step_dir(2) + "/weights.index")
+    corrupt_file(store.fs, step_file(store, 2, "weights.index"))
 
     out = tmp_path / "out"
     m = store.restore(out)
@@ -135,7 +150,7 @@ def test_missing_file_and_bad_manifest_fall_back(
     for s in (1, 2, 3):
         make_checkpoint(tmp_path / f"c{s}")
         store.commit(s, tmp_path / f"c{s}", {"s": s})
-    store.fs.rm(store.loc.step_dir(3) + "/sub/opt.bin")
+    store.fs.rm(step_file(store, 3, "sub/opt.bin"))
     store.fs.pipe_file(store.loc.manifest_path(2), b"{not json")
     assert store.restore(tmp_path / "out").step == 1
     steps = [
@@ -151,7 +166,7 @@ def test_no_valid_checkpoint(run_url: str, storage_options: dict, tmp_path: Path
         store.restore(tmp_path / "o")
     make_checkpoint(tmp_path / "c")
     store.commit(7, tmp_path / "c", {})
-    corrupt_file(store.fs, store.loc.step_dir(7) + "/weights.index")
+    corrupt_file(store.fs, step_file(store, 7, "weights.index"))
     with pytest.raises(NoValidCheckpointError) as info:
         store.restore(tmp_path / "o")
     assert info.value.tried == (7,)
