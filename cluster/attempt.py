@@ -62,6 +62,10 @@ class AttemptContext:
     counts: dict[str, int]
     stop: threading.Event
     options: CoordinatorOptions
+    #: the coordinator's lease generation (fencing token) every writer of the attempt carries
+    lease_generation: int | None = None
+    #: set when the coordinator lost its lease: stop without a final save (unlike ``stop``)
+    lease_lost: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from cluster.state import (
     last_state,
     record_state,
 )
+from storage.errors import LeaseHeldError, StaleWriterError
 from storage.location import RunLocation
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class Coordinator:
         if self._lease is None:
             self._lease = LeaseKeeper(self.location, self.options, on_lost=self.request_stop)
         self._lease.acquire()
+        self._fence_writers()
         persisted = last_state(self.record)
         if persisted is None or persisted.kind is not RunState.SUCCEEDED:
             # A finished run keeps the spec it ran with (status reads it).
@@ -144,6 +146,20 @@ class Coordinator:
             )
         logger.info("%sstarting from state %s", self._prefix(), self.state.kind.value)
         return self.state
+
+    def _fence_writers(self) -> None:
+        """After the lease is taken: this coordinator's record and store write under its
+        generation (injected ones are left as given)."""
+        from storage.checkpoints import CheckpointStore
+        from storage.run_record import RunRecord
+
+        fence = getattr(self._lease, "fence", None)
+        if fence is None:
+            return
+        if type(self.record) is RunRecord and self.record.fence is None:
+            self.record = RunRecord(self.location, fence=fence)
+        if type(self.store) is CheckpointStore and self.store.fence is None:
+            self.store = CheckpointStore(self.location, fence=fence)
 
     def close(self) -> None:
         try:
@@ -253,10 +269,14 @@ class Coordinator:
             counts=dict(self.policy.counts),
             stop=self.stop_requested,
             options=self.options,
+            lease_generation=getattr(self._lease, "generation", None),
+            lease_lost=getattr(self._lease, "lost", None) or threading.Event(),
         )
         started = time.time()
         try:
             result = self.runner.run(ctx)
+        except (LeaseHeldError, StaleWriterError):
+            raise  # the run belongs to a newer coordinator now: write nothing, stop
         except DriverPreempted as exc:
             latest = self._latest_step()
             self.record.append_event(

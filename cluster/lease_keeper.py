@@ -1,4 +1,11 @@
-"""The coordinator's hold on a run: acquire the run's lease, renew it from a thread, release it."""
+"""The coordinator's hold on a run: acquire the run's lease, renew it from a thread, release it.
+
+The generation acquired is the coordinator's fencing token: :attr:`LeaseKeeper.fence` is what
+every writer of this coordinator (its run record and store, the Ray controller's hooks, each
+worker's committer) checks before it commits or deletes. Once the lease is lost, :attr:`lost`
+is set before ``on_lost`` runs, so the runner can tell a lost lease from a SIGTERM: a lost
+lease stops the workers without a final save.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import threading
 from collections.abc import Callable
 
 from cluster.attempt import CoordinatorOptions
+from storage.fencing import Fence
 from storage.location import RunLocation
 
 logger = logging.getLogger(__name__)
@@ -26,12 +34,21 @@ class LeaseKeeper:
         self.on_lost = on_lost
         self.lease = Lease(location, options.holder_id, options.lease_ttl_s)
         self.renew_s = options.lease_renew_s
+        self.location = location
         self.lost = threading.Event()
+        #: the generation acquired (None before acquire)
+        self.generation: int | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    @property
+    def fence(self) -> Fence | None:
+        """The fence of the generation this keeper acquired (None before acquire)."""
+        return None if self.generation is None else Fence(self.location, self.generation)
+
     def acquire(self) -> None:
-        self.lease.acquire()  # raises LeaseHeldError(holder, expires_at)
+        info = self.lease.acquire()  # raises LeaseHeldError(holder, expires_at)
+        self.generation = info.generation
         self._thread = threading.Thread(target=self._renew_loop, name="spotrain-lease", daemon=True)
         self._thread.start()
 

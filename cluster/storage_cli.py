@@ -149,7 +149,11 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from storage.checkpoints import CheckpointStore
+    """Retention + sweep, holding the run's lease (LeaseHeldError, exit 5, while a live
+    coordinator holds it) and fenced by its generation: a coordinator that takes the run over
+    meanwhile makes every further delete refused."""
+    from cluster.attempt import CoordinatorOptions
+    from cluster.lease_keeper import LeaseKeeper
     from trainer.job import CheckpointPolicy
 
     location = _target(args.target)
@@ -164,18 +168,45 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if args.keep_every is not None
         else int(ck.get("keep_every", policy.keep_every))
     )
-    store = CheckpointStore(location)
-    deleted = store.apply_retention(keep_last, keep_every) if keep_last > 0 else []
-    swept = (
-        store.sweep_uncommitted(min_age_s=args.min_age_s)
-        if args.min_age_s is not None
-        else store.sweep_uncommitted()
-    )
+    keeper = LeaseKeeper(location, CoordinatorOptions(holder_id=_gc_holder()))
+    keeper.acquire()  # LeaseHeldError: exit 5, "held by ..."
+    try:
+        deleted, swept, kept = _gc_fenced(location, keeper, keep_last, keep_every, args.min_age_s)
+    finally:
+        keeper.release()
     print(
         f"retention keep_last={keep_last} keep_every={keep_every}: deleted steps {deleted or 'none'}; "
-        f"swept uncommitted {swept or 'none'}; kept {store.committed_steps()}"
+        f"swept uncommitted {swept or 'none'}; kept {kept}"
     )
     return ExitCode.OK
+
+
+def _gc_holder() -> str:
+    import os
+    import socket
+    import uuid
+
+    return f"gc:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def _gc_fenced(
+    location: RunLocation,
+    keeper: Any,
+    keep_last: int,
+    keep_every: int,
+    min_age_s: float | None,
+) -> tuple[list[int], list[int], list[int]]:
+    """(deleted, swept, kept) of retention + sweep under ``keeper``'s fence."""
+    from storage.checkpoints import CheckpointStore
+
+    store = CheckpointStore(location, fence=keeper.fence)
+    deleted = store.apply_retention(keep_last, keep_every) if keep_last > 0 else []
+    swept = (
+        store.sweep_uncommitted(min_age_s=min_age_s)
+        if min_age_s is not None
+        else store.sweep_uncommitted()
+    )
+    return deleted, swept, store.committed_steps()
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -12,6 +12,11 @@ checkpoint to a fresh directory. An upload error is captured and re-raised by th
 failed commit is kept, and a checkpoint waiting behind it is still committed. After a successful
 commit the local directory is deleted (``delete_local=True``) and ``on_done(manifest)`` is
 called on the background thread.
+
+A commit refused by the store's fence (:class:`StaleWriterError`: a newer lease generation
+holds the run) makes the committer stale for good: the checkpoint waiting behind it is dropped
+without upload, and every later :meth:`submit`, :meth:`wait_until_finished` and :meth:`close`
+raises that error again. A stale writer stops; it never writes again.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from types import TracebackType
 from typing import Any
 
 from storage.checkpoints import CheckpointStore
-from storage.errors import CommitTimeoutError
+from storage.errors import CommitTimeoutError, StaleWriterError
+from storage.fencing import Fence
 from storage.location import validate_step
 from storage.manifest import Manifest
 
@@ -51,14 +57,17 @@ class AsyncCommitter:
         *,
         delete_local: bool = True,
         supersede: bool = True,
+        fence: Fence | None = None,
     ) -> None:
-        self.store = store
+        """``fence``: commit under this lease generation (default: the store's own fence)."""
+        self.store = store if fence is None else store.with_fence(fence)
         self.delete_local = delete_local
         self.supersede = supersede
         self._cond = threading.Condition()
         self._waiting: _Job | None = None
         self._running: _Job | None = None
         self._error: BaseException | None = None
+        self._stale: StaleWriterError | None = None
         self._closed = False
         self._last_committed_step: int | None = None
         self._thread = threading.Thread(target=self._loop, name="spotrain-committer", daemon=True)
@@ -151,6 +160,8 @@ class AsyncCommitter:
 
     # -- internals -------------------------------------------------------------------------
     def _raise_pending(self) -> None:
+        if self._stale is not None:
+            raise self._stale
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -164,7 +175,7 @@ class AsyncCommitter:
             with self._cond:
                 while self._waiting is None and not self._closed:
                     self._cond.wait()
-                if self._waiting is None:
+                if self._waiting is None or self._stale is not None:
                     return
                 job, self._waiting = self._waiting, None
                 self._running = job
@@ -175,11 +186,18 @@ class AsyncCommitter:
                 logger.error(
                     "[run=%s step=%d] background commit failed: %s", self.store.url, job.step, exc
                 )
+                dropped = None
                 with self._cond:
-                    # a waiting newer checkpoint is kept and still tried: it may succeed
+                    if isinstance(exc, StaleWriterError):
+                        # stale for good: nothing more is uploaded
+                        self._stale = exc
+                        dropped, self._waiting = self._waiting, None
+                    # otherwise a waiting newer checkpoint is kept and still tried
                     self._error = exc
                     self._running = None
                     self._cond.notify_all()
+                if dropped is not None:
+                    self._delete_local(dropped)
                 continue
             self._delete_local(job)
             if job.on_done is not None:

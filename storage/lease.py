@@ -23,6 +23,12 @@ one small class in :mod:`storage.lease_backends`, chosen once by protocol. What 
 Expiry is judged on the local clock: a holder refuses to renew within ``safety_margin_s`` of
 expiry, and a taker waits ``safety_margin_s`` past it, so exclusion holds while clock skew plus
 one write's latency stays below the margin.
+
+Each acquisition gets a strictly larger ``generation``: the fencing token. Writers carry the
+generation they were started under (:class:`storage.fencing.Fence`) and storage refuses their
+commits, deletes and events once a newer generation holds the lease, so a holder that outlived
+its lease (frozen, partitioned) cannot change the run. ``ttl_s`` has a floor,
+``storage.constants.MIN_LEASE_TTL_S``.
 """
 
 from __future__ import annotations
@@ -39,13 +45,21 @@ from typing import Any
 
 from fsspec.spec import AbstractFileSystem
 
-from storage.constants import DEFAULT_LEASE_SAFETY_MARGIN_S, DEFAULT_LEASE_TTL_S
-from storage.errors import InvalidNameError, LeaseHeldError, LeaseLostError
+from storage.constants import (
+    DEFAULT_LEASE_SAFETY_MARGIN_S,
+    DEFAULT_LEASE_TTL_S,
+    MIN_LEASE_TTL_S,
+)
+from storage.errors import InvalidNameError, LeaseHeldError, LeaseLostError, SpotrainError
 from storage.lease_backends import CasBackend, backend_for
 from storage.location import RunLocation
 from storage.retry import RetryOptions, call_with_retry
 
 logger = logging.getLogger(__name__)
+
+
+class LeaseSettingError(SpotrainError, ValueError):
+    """A lease setting (TTL, safety margin) that cannot give exclusion; never retryable."""
 
 
 @dataclass(frozen=True)
@@ -117,10 +131,15 @@ class Lease:
             raise InvalidNameError(
                 f"holder_id={holder_id!r}; fix: pass a non-empty id (e.g. host:pid)"
             )
+        if ttl_s < MIN_LEASE_TTL_S:
+            raise LeaseSettingError(
+                f"lease ttl_s={ttl_s} is below the floor of {MIN_LEASE_TTL_S}s; fix: set "
+                f"SPOTRAIN_LEASE_TTL_S to at least {MIN_LEASE_TTL_S:g}"
+            )
         if ttl_s <= 2 * safety_margin_s:
-            raise ValueError(
+            raise LeaseSettingError(
                 f"ttl_s={ttl_s} must exceed 2 * safety_margin_s={safety_margin_s}; fix: raise "
-                "ttl_s (SPOTRAIN_LEASE_TTL_S) or lower the margin"
+                "ttl_s (SPOTRAIN_LEASE_TTL_S) or lower the margin (SPOTRAIN_LEASE_SAFETY_MARGIN_S)"
             )
         self.loc = RunLocation.resolve(run, storage_options, fs=fs)
         self.holder_id = holder_id
@@ -136,6 +155,11 @@ class Lease:
     @property
     def path(self) -> str:
         return self.loc.lease_path
+
+    @property
+    def generation(self) -> int | None:
+        """The generation this holder acquired (its fencing token), or None when not held."""
+        return None if self._mine is None else self._mine.generation
 
     @property
     def held(self) -> bool:

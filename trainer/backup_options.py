@@ -37,6 +37,8 @@ class BackupOptions:
         training so their mid-epoch values are restored exactly.
     extra_state: more JSON put into every saved state.
     store_options: options of the CheckpointStore the callback creates (concurrency, events).
+    lease_generation: the coordinator's lease generation; the store then commits, deletes and
+        records events fenced by it (a stale worker writes nothing). None: unfenced.
     """
 
     storage_options: Mapping[str, Any] | None = None
@@ -53,3 +55,4 @@ class BackupOptions:
     element_spec: Any = None
     extra_state: Mapping[str, Any] = field(default_factory=dict)
     store_options: StoreOptions | None = None
+    lease_generation: int | None = None

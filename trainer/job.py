@@ -250,6 +250,11 @@ class TrainJob(JobFields):
     shuffle_buffer: Annotated[StrictInt | None, Field(ge=1), Rule("an integer >= 1 or null")] = None
     """Examples in the shuffle buffer (None = the whole dataset, capped by
     trainer.constants.DEFAULT_SHUFFLE_BUFFER)."""
+    lease_generation: Annotated[StrictInt | None, Field(ge=0), Rule("an integer >= 0 or null")] = (
+        None
+    )
+    """The coordinator's lease generation: the worker commits and deletes under it (fenced);
+    None = unfenced (a job run without a coordinator)."""
 
     def to_dict(self) -> dict[str, Any]:
         return _TRAIN_JOB.dump_python(self)

@@ -184,6 +184,7 @@ def train(
         seed=job.seed,
         element_spec=inp.dataset.element_spec if inp is not None else None,
         extra_state={"job_name": job.name},
+        lease_generation=job.lease_generation,
     )
     bar = BackupAndRestore(
         job.run_url,

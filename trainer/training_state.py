@@ -25,7 +25,8 @@ import numpy as np
 
 from storage.checkpoints import CheckpointStore
 from storage.committer import AsyncCommitter
-from storage.errors import SpotrainError
+from storage.errors import SpotrainError, StaleWriterError
+from storage.fencing import Fence
 from storage.location import RunLocation
 from trainer import state as st
 from trainer.backup_options import BackupOptions
@@ -97,7 +98,12 @@ class WorkerTrainingState:
         (``backup_dir`` + ``options.storage_options``), unless one was passed in."""
         if self._store is None:
             location = RunLocation.from_url(self.backup_dir, self.options.storage_options)
-            self._store = CheckpointStore(location, options=self.options.store_options)
+            gen = self.options.lease_generation
+            self._store = CheckpointStore(
+                location,
+                options=self.options.store_options,
+                fence=None if gen is None else Fence(location, gen),
+            )
         return self._store
 
     @property
@@ -376,5 +382,7 @@ class WorkerTrainingState:
         if self.options.keep_last:
             try:
                 self.store.apply_retention(self.options.keep_last, self.options.keep_every)
+            except StaleWriterError as exc:  # stale: no more deletes; the next commit stops
+                logger.error("%s retention refused: %s", self.log_prefix(), exc)
             except SpotrainError as exc:
                 logger.warning("retention failed (will retry after the next commit): %s", exc)

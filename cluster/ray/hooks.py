@@ -11,7 +11,8 @@
 
 Both are built in the driver with the run's :class:`storage.location.RunLocation` and pickled to
 the controller (a location pickles: its fsspec filesystem is rebuilt from its options there);
-each holds one run record over that location.
+each holds one run record over that location, fenced by the coordinator's lease ``generation``
+(a controller of a stale coordinator writes nothing).
 
 Ray Train 2.60 has no public hook for a custom failure policy: the private classes used here
 and the install hook live in :mod:`cluster.ray.internals`, which checks them at run time.
@@ -29,6 +30,7 @@ from ray.train.v2.api.callback import UserCallback
 from cluster import constants
 from cluster.failure_policy import Decision, FailureKind, FailurePolicy, FailurePolicyOptions
 from cluster.ray.internals import FailureDecision, RayFailurePolicy
+from storage.fencing import Fence
 from storage.location import RunLocation
 from storage.run_record import RunRecord
 
@@ -37,6 +39,12 @@ logger = logging.getLogger(__name__)
 # Shared between the callback and the policy inside one controller process.
 _LAST_REPORT: dict[str, dict[str, Any]] = {}
 _ATTEMPT: dict[str, int] = {}
+
+
+def _record(location: RunLocation, generation: int | None) -> RunRecord:
+    """The run record, fenced by ``generation`` when the coordinator passed one."""
+    fence = None if generation is None else Fence(location, generation)
+    return RunRecord(location, fence=fence)
 
 
 def _driver_stopping(rec: Any) -> bool:
@@ -55,10 +63,11 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
         options: FailurePolicyOptions,
         counts: dict[str, int],
         attempt: int,
+        generation: int | None = None,
     ) -> None:
         super().__init__(failure_config)
         self.run_url = location.url
-        self.record = RunRecord(location)
+        self.record = _record(location, generation)
         self.policy = FailurePolicy(options=options, counts=dict(counts))
         self.policy.log_prefix = f"[run={self.run_url} attempt={attempt}] "
         self.attempt = attempt
@@ -106,10 +115,11 @@ class MetricsEventCallback(UserCallback):
         location: RunLocation,
         attempt: int = 1,
         interval_s: float | None = None,
+        generation: int | None = None,
     ) -> None:
         self.run_url = location.url
         self.attempt = attempt
-        self.record = RunRecord(location)
+        self.record = _record(location, generation)
         self.interval_s = (
             constants.DEFAULT_METRICS_EVENT_INTERVAL_S if interval_s is None else interval_s
         )

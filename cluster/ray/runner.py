@@ -14,6 +14,12 @@ deadline of ``sigterm_grace_s``, which Ray Train reports to every worker through
 ``ray.train.get_preemption_info()``; the trainer saves at its next poll, commits, and ends the
 attempt. The driver waits for that commit (or the deadline) and raises ``DriverPreempted``. On a
 joined cluster the driver does not drain shared nodes: it stops and the last commit stands.
+
+Fencing: the coordinator's lease generation goes to every worker (``TrainJob.lease_generation``)
+and to the controller's hooks, so each of them writes under it. A lost lease is not a SIGTERM:
+the driver raises ``LeaseLostError`` at once, without asking the workers for a save (the run
+belongs to a newer coordinator); closing the runner then ends the workers, and anything they
+still try to commit is refused by their fence.
 """
 
 from __future__ import annotations
@@ -137,6 +143,7 @@ class RayAttemptRunner:
             working_dir = None  # each worker has its own copy of the job's working dir as its cwd
         config = spec.train_job_dict(run_url=ctx.run_url)
         config["working_dir"] = working_dir
+        config["lease_generation"] = ctx.lease_generation
 
         resources: dict[str, float] = {"CPU": spec.scaling.cpus_per_worker}
         if spec.scaling.use_gpu:
@@ -165,7 +172,9 @@ class RayAttemptRunner:
             storage_path=loc.root + "/" + constants.RAY_STORAGE_SUBDIR,
             storage_filesystem=storage_fs,
             failure_config=failure_config,
-            callbacks=[MetricsEventCallback(loc, attempt=ctx.attempt)],
+            callbacks=[
+                MetricsEventCallback(loc, attempt=ctx.attempt, generation=ctx.lease_generation)
+            ],
             worker_runtime_env={"env_vars": dict(constants.WORKER_ENV_VARS)},
         )
         trainer = TensorflowTrainer(
@@ -180,6 +189,7 @@ class RayAttemptRunner:
             options=options_from_spec(spec.failures, ctx.options.backoff_override_s),
             counts=ctx.counts,
             attempt=ctx.attempt,
+            generation=ctx.lease_generation,
         )
         install_failure_policy(trainer, policy)
         return trainer
@@ -199,6 +209,8 @@ class RayAttemptRunner:
         thread.start()
         while thread.is_alive():
             thread.join(self.poll_s)
+            if ctx.lease_lost.is_set():
+                raise self._lease_lost(ctx)
             if ctx.stop.is_set() and thread.is_alive():
                 self.emergency_stop(ctx, thread)
                 thread.join(self.poll_s)
@@ -211,6 +223,23 @@ class RayAttemptRunner:
         step = metrics.get("global_step")
         return AttemptResult(global_step=int(step) if isinstance(step, (int, float)) else None)
 
+    @staticmethod
+    def _lease_lost(ctx: AttemptContext) -> BaseException:
+        from storage.errors import LeaseLostError
+
+        logger.error(
+            "[run=%s attempt=%d] lease lost: stopping without a final save (a newer coordinator "
+            "owns the run)",
+            ctx.location.url,
+            ctx.attempt,
+        )
+        return LeaseLostError(
+            f"this coordinator lost the lease of {ctx.location.url} (generation "
+            f"{ctx.lease_generation}); it stopped without saving; fix: nothing, the run goes on "
+            "under the coordinator that holds it (spotrain status shows it)",
+            ctx.location.url,
+        )
+
     def emergency_stop(self, ctx: AttemptContext, thread: threading.Thread) -> None:
         """Ask the workers to save (drain the local node as a preemption) and wait for it.
 
@@ -218,10 +247,13 @@ class RayAttemptRunner:
         the attempt ends, or after ``sigterm_grace_s``.
         """
         from storage.checkpoints import CheckpointStore
+        from storage.fencing import Fence
         from storage.run_record import RunRecord
 
-        store = CheckpointStore(ctx.location)
-        record = RunRecord(ctx.location)
+        gen = ctx.lease_generation
+        fence = None if gen is None else Fence(ctx.location, gen)
+        store = CheckpointStore(ctx.location, fence=fence)
+        record = RunRecord(ctx.location, fence=fence)
         steps = store.committed_steps()
         before = steps[-1] if steps else None
         grace = ctx.options.sigterm_grace_s
