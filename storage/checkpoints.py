@@ -259,6 +259,7 @@ class CheckpointStore:
                 f"local_dir={str(local_dir)!r} holds no files; fix: write the checkpoint first"
             )
         with self._lock:
+            self._check_fence(f"commit of step {step}")  # a stale writer is refused at once
             existing = commit_protocol.existing_step(self, step)
             if existing is not None:
                 return existing

@@ -79,9 +79,10 @@ def final_checkpoint(run_url: str) -> tuple[dict[str, np.ndarray], dict[str, Any
     steps = sorted(p for p in root.iterdir() if (p / "MANIFEST.json").exists())
     step_dir = steps[-1]
     manifest = json.loads((step_dir / "MANIFEST.json").read_text())
+    files_dir = step_dir / manifest.get("prefix", "")  # the commit folder holding the files
     tensors: dict[str, np.ndarray] = {}
     for prefix in ("ckpt", "ranks"):
-        reader = tf.train.load_checkpoint(str(step_dir / prefix))
+        reader = tf.train.load_checkpoint(str(files_dir / prefix))
         for key in reader.get_variable_to_shape_map():
             if key != "_CHECKPOINTABLE_OBJECT_GRAPH":
                 tensors[f"{prefix}/{key}"] = reader.get_tensor(key)

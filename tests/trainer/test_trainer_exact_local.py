@@ -4,6 +4,7 @@ batch-norm copies) with the same per-epoch history."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ def test_failed_upload_and_corrupt_checkpoint_resume_exactly(
     with pytest.raises(RuntimeError, match="injected failure"):
         run_local(job, store=store_for(1))
     newest = run_dir(job["run_url"]) / "checkpoints" / f"{15:012d}"
-    corrupt_file(local_fs, str(newest / "ckpt.data-00000-of-00001"))
+    prefix = json.loads((newest / "MANIFEST.json").read_text()).get("prefix", "")
+    corrupt_file(local_fs, str(newest / prefix / "ckpt.data-00000-of-00001"))
     result = run_local(job, store=store_for(2))
     assert result.restored_step == 12  # 15 is corrupt: fell back to the epoch end
     tensors, manifest = final_checkpoint(job["run_url"])
