@@ -178,6 +178,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return ExitCode.HELD
 
+    from trainer.env import import_tensorflow
+
+    try:  # here, quietly: Ray Train imports TensorFlow in the driver too
+        import_tensorflow(quiet=not args.verbose)
+    except BaseException:
+        coord.close()
+        raise
     previous_handlers = {}
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -323,7 +323,7 @@ class Coordinator:
         return self._succeed(step)
 
     def _attempt_failed(self, exc: BaseException, started: float) -> tuple[State, State]:
-        failure = classify(exc)
+        failure = classify(exc).redacted(self.location.redact)  # events and states: no secret
         # Ray's controller (cluster.ray.hooks) may already have decided RAISE and charged the
         # budget; then its verdict stands and is not charged twice.
         ray_payload = ray_raise_payload(
@@ -354,7 +354,7 @@ class Coordinator:
                 Preempted(
                     attempt=self.attempt,
                     reason=verdict.failure.kind.value,
-                    message=self.location.redact(verdict.failure.message),
+                    message=verdict.failure.message,
                     budget=verdict.budget,
                 )
             )
@@ -362,8 +362,8 @@ class Coordinator:
             Failed(
                 attempt=self.attempt,
                 reason=verdict.failure.kind.value,
-                message=self.location.redact(verdict.failure.message),
-                user_traceback=self.location.redact(verdict.failure.user_traceback),
+                message=verdict.failure.message,
+                user_traceback=verdict.failure.user_traceback,  # whole: the user needs it all
                 extra={"budget": verdict.budget},
             )
         )

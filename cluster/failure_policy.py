@@ -52,6 +52,10 @@ class Classified:
     message: str
     user_traceback: str = ""
 
+    def redacted(self, redact: Any) -> Classified:
+        """A copy with ``redact`` (e.g. ``RunLocation.redact``) applied to message and traceback."""
+        return Classified(self.kind, redact(self.message), redact(self.user_traceback))
+
 
 def one_line(text: str, max_chars: int = MAX_MESSAGE_CHARS) -> str:
     """The first non-empty line of ``text``, cut at ``max_chars`` from its start (a message is
