@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "committed checkpoint after any preemption.",
         epilog="Exit codes: 0 succeeded, 2 bad command line, 3 user error (spec or user code), "
         "4 infrastructure error after retries, 5 run held by another coordinator, "
+        "6 run cannot be resumed (no usable checkpoint; start fresh), "
         "75 preempted (run again to resume).",
     )
     parser.add_argument("--version", action="version", version=f"spotrain {_version()}")
@@ -76,28 +77,64 @@ def main(argv: list[str] | None = None) -> int:
         **verify_cli.HANDLERS,
         **schema_cli.HANDLERS,
     }
-    from storage.errors import SpotrainError
-
     try:
         return int(handlers[args.command](args))
-    except SpotrainError as exc:  # process boundary: a clear message instead of a traceback
-        print(f"spotrain {args.command}: error: {exc}", file=sys.stderr)
-        return int(_code_for(exc))
     except BrokenPipeError:  # `spotrain status | head`: the reader has all it wanted
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail too
         return int(ExitCode.OK)
+    except Exception as exc:  # process boundary: one line and a documented code, no traceback
+        return int(report_error(args.command, exc))
+
+
+def report_error(command: str, exc: BaseException) -> ExitCode:
+    """Print ``exc`` as one line on stderr (after the user's own traceback, whole, if it carries
+    one) and return its exit code. Secrets are masked."""
+    from storage.redaction import redact_text
+
+    code, message = describe_error(exc)
+    user_tb = getattr(exc, "user_traceback", "")
+    if isinstance(user_tb, str) and user_tb.strip():
+        print(redact_text(user_tb.rstrip()), file=sys.stderr)
+    if os.environ.get(constants.TRACEBACK_ENV):
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"spotrain {command}: error: {redact_text(message)}", file=sys.stderr)
+    return code
+
+
+def describe_error(exc: BaseException) -> tuple[ExitCode, str]:
+    """The exit code and the one-line message of an error that ended a command."""
+    from cluster.failure_policy import one_line
+    from storage.errors import SpotrainError
+
+    if isinstance(exc, SpotrainError):
+        return _code_for(exc), one_line(str(exc), max_chars=4000)
+    if isinstance(exc, OSError):  # the local disk or a filesystem outside the run's storage
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return ExitCode.INFRA_ERROR, (
+            f"{type(exc).__name__}: {exc.strerror or exc}{where}; fix: check that the path "
+            "exists and is writable, and the free space"
+        )
+    return ExitCode.INFRA_ERROR, (
+        f"unexpected {type(exc).__name__}: {one_line(str(exc))}; fix: this is a bug in spotrain "
+        f"or its environment: set {constants.TRACEBACK_ENV}=1 to print the traceback and report it"
+    )
 
 
 def _code_for(exc: BaseException) -> ExitCode:
-    from storage.errors import LeaseHeldError
+    from cluster.errors import RunDamagedError
+    from storage.errors import LeaseHeldError, NoValidCheckpointError
 
     if isinstance(exc, LeaseHeldError):
         return ExitCode.HELD
+    if isinstance(exc, (RunDamagedError, NoValidCheckpointError)):
+        return ExitCode.RUN_DAMAGED
     if getattr(exc, "retryable", False):
         return ExitCode.INFRA_ERROR
     names = {c.__name__ for c in type(exc).__mro__}
-    if names & {"StorageError"} and not names & {"InvalidNameError", "NoValidCheckpointError"}:
+    if names & {"StorageError"} and not names & {"InvalidNameError"}:
         return ExitCode.INFRA_ERROR
     return ExitCode.USER_ERROR
 
@@ -141,6 +178,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return ExitCode.HELD
 
+    from trainer.env import import_tensorflow
+
+    try:  # here, quietly: Ray Train imports TensorFlow in the driver too
+        import_tensorflow(quiet=not args.verbose)
+    except BaseException:
+        coord.close()
+        raise
     previous_handlers = {}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -169,14 +213,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return ExitCode.OK
     if isinstance(final, Failed):
         if final.user_traceback:
-            print(final.user_traceback.rstrip(), file=sys.stderr)
-        code = ExitCode.USER_ERROR if final.is_user_error else ExitCode.INFRA_ERROR
-        what = (
-            "error in your code (not retried)"
-            if final.reason == "user_code"
-            else f"{final.reason} failure, retry budget spent ({final.extra.get('budget', '')}); "
-            "run again to resume from the latest checkpoint"
-        )
+            print(final.user_traceback.rstrip(), file=sys.stderr)  # the user's, whole
+        code, what = _failed(final, coord.location.url)
         first_line = final.message.strip().splitlines()[0] if final.message.strip() else ""
         emit(
             args,
@@ -194,6 +232,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         code=int(ExitCode.PREEMPTED),
     )
     return ExitCode.PREEMPTED
+
+
+def _failed(final: Any, url: str) -> tuple[ExitCode, str]:
+    """The exit code of a FAILED run and what to say about it."""
+    budget = final.extra.get("budget", "")
+    if final.reason == "user_code":
+        return ExitCode.USER_ERROR, "error in your code (not retried)"
+    if final.reason == "spec":
+        return ExitCode.USER_ERROR, "invalid job (not retried)"
+    if final.reason == "no_checkpoint":
+        return ExitCode.RUN_DAMAGED, (
+            "no usable checkpoint: every committed checkpoint is corrupt, so resuming cannot "
+            f"work; fix: start fresh: give the job a new name, or delete the run folder ({url})"
+        )
+    if "not retryable" in budget:
+        return ExitCode.INFRA_ERROR, f"{final.reason} failure (not retried; fix the cause)"
+    return ExitCode.INFRA_ERROR, (
+        f"{final.reason} failure, retry budget spent ({budget}); "
+        "run again to resume from the latest checkpoint"
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,3 +56,6 @@ RAY_TRAIN_ENV_DEFAULTS = {
 
 #: Ray Train's own files (its run directory) go under <run URL>/<RAY_STORAGE_SUBDIR>.
 RAY_STORAGE_SUBDIR = "ray"
+
+#: Set (to anything) to print spotrain's own traceback of an unexpected error in the CLI.
+TRACEBACK_ENV = "SPOTRAIN_TRACEBACK"

@@ -10,6 +10,7 @@ one ``step()`` at a time.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from cluster.decisions import (
     ray_raise_payload,
     verdict_from_ray,
 )
-from cluster.errors import DriverPreempted
+from cluster.errors import DriverPreempted, reading_run
 from cluster.failure_policy import FailurePolicy, classify, options_from_spec
 from cluster.lease_keeper import LeaseKeeper
 from cluster.spec import JobSpec, absolute_run_url
@@ -40,7 +41,7 @@ from cluster.state import (
     last_state,
     record_state,
 )
-from storage.errors import LeaseHeldError, StaleWriterError
+from storage.errors import LeaseHeldError, NoValidCheckpointError, StaleWriterError
 from storage.location import RunLocation
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,17 @@ class Coordinator:
         if self._lease is None:
             self._lease = LeaseKeeper(self.location, self.options, on_lost=self.request_stop)
         self._lease.acquire()
-        self._fence_writers()
+        try:
+            self._fence_writers()
+            with reading_run(self.location.url):
+                return self._load_state()
+        except BaseException:
+            # a start-up failure after taking the lease must not leave it held: the next
+            # `spotrain run` would exit 5, "held by" a process that is gone
+            self._lease.release()
+            raise
+
+    def _load_state(self) -> State:
         persisted = last_state(self.record)
         if persisted is None or persisted.kind is not RunState.SUCCEEDED:
             # A finished run keeps the spec it ran with (status reads it).
@@ -200,10 +211,26 @@ class Coordinator:
         return steps[-1] if steps else None
 
     def _finished_checkpoint(self) -> Any:
+        """The latest manifest when it says training finished and its files verify (size and
+        sha256 of each, as a restore checks them); None otherwise: a corrupt final checkpoint
+        is no success, the run resumes from the newest good step."""
         latest = self.store.latest()
-        if latest is not None and latest.state.get("finished"):
-            return latest
-        return None
+        if latest is None or not latest.state.get("finished"):
+            return None
+        with tempfile.TemporaryDirectory(prefix="spotrain-verify-") as tmp:
+            try:
+                restored = self.store.restore(tmp, step=latest.step)
+            except NoValidCheckpointError:
+                restored = None
+        if restored is None or restored.step != latest.step:
+            logger.warning(
+                "%sthe final checkpoint (step %d) does not verify; resuming from the newest "
+                "good step",
+                self._prefix(),
+                latest.step,
+            )
+            return None
+        return latest
 
     def step(self) -> tuple[State, State]:
         """One transition; returns (previous, next)."""
@@ -315,7 +342,7 @@ class Coordinator:
         return self._succeed(step)
 
     def _attempt_failed(self, exc: BaseException, started: float) -> tuple[State, State]:
-        failure = classify(exc)
+        failure = classify(exc).redacted(self.location.redact)  # events and states: no secret
         # Ray's controller (cluster.ray.hooks) may already have decided RAISE and charged the
         # budget; then its verdict stands and is not charged twice.
         ray_payload = ray_raise_payload(
@@ -346,7 +373,7 @@ class Coordinator:
                 Preempted(
                     attempt=self.attempt,
                     reason=verdict.failure.kind.value,
-                    message=verdict.failure.message[-500:],
+                    message=verdict.failure.message,
                     budget=verdict.budget,
                 )
             )
@@ -354,8 +381,8 @@ class Coordinator:
             Failed(
                 attempt=self.attempt,
                 reason=verdict.failure.kind.value,
-                message=verdict.failure.message[-2000:],
-                user_traceback=verdict.failure.user_traceback[-20000:],
+                message=verdict.failure.message,
+                user_traceback=verdict.failure.user_traceback,  # whole: the user needs it all
                 extra={"budget": verdict.budget},
             )
         )

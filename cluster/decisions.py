@@ -64,14 +64,14 @@ def failure_event(
     payload: dict[str, Any] = {
         "attempt": attempt,
         "failure_kind": failure.kind.value,
-        "message": failure.message[-2000:],
+        "message": failure.message,
         "decision": verdict.decision.value,
         "budget": verdict.budget,
         "source": "driver",
         "last_committed_step": last_committed_step,
     }
     if failure.user_traceback:
-        payload["user_traceback"] = failure.user_traceback[-20000:]
+        payload["user_traceback"] = failure.user_traceback  # whole: the user needs all of it
     return kind, payload
 
 

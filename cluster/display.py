@@ -50,6 +50,11 @@ def setup_logging(log_format: str, verbose: bool) -> None:
     root.setLevel(level)
     for noisy in ("ray", "filelock", "fsspec", "botocore", "s3fs", "aiobotocore"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    # Ray's "Token authentication is enabled for this Ray cluster" banner, on every embedded
+    # start (Ray 2.60 turns token auth on by default): shown with -v only
+    from trainer.ray_internals import RAY_TOKEN_BANNER_LOGGER
+
+    logging.getLogger(RAY_TOKEN_BANNER_LOGGER).setLevel(logging.INFO if verbose else logging.ERROR)
 
 
 def iso(ts: float | None) -> str:

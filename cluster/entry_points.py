@@ -1,15 +1,20 @@
 """Check a job spec's entry points without running the user's code.
 
-A ``.py`` file is parsed and must define the function at top level; a module must be findable by
-name (``importlib.util.find_spec``, which may import its parent packages) and its source is
-parsed the same way. The grammar itself is ``trainer.entry_points.parse_entry_point``.
+A ``.py`` file is parsed and must define the function at top level; a module ``pkg.mod`` is
+looked up as files (``pkg/mod.py`` or ``pkg/mod/__init__.py`` below the working directory or an
+entry of ``sys.path``, or below the locations the import system reports for the top-level
+package ``pkg`` without importing it) and its source is parsed the same way. Nothing of the
+user's is imported: a package's ``__init__`` does not run. The grammar itself is
+``trainer.entry_points.parse_entry_point``.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from trainer.entry_points import EntryPoint
@@ -23,18 +28,67 @@ def entry_point_problem(entry: EntryPoint, working_dir: str) -> str | None:
         if not os.path.isfile(path):
             return f"file {target!r} not found (relative paths are resolved against {working_dir})"
         return _definition_problem(path, entry.fn)
-    try:
-        found = importlib.util.find_spec(entry.target)
-    except (ImportError, ValueError) as exc:
-        found = None
-        why = f"{type(exc).__name__}: {exc}"
-    else:
-        why = "no such module on sys.path"
+    found = find_module_file(entry.target, working_dir)
     if found is None:
-        return f"module {entry.target!r} cannot be imported ({why})"
-    if found.origin and found.origin.endswith(".py") and os.path.isfile(found.origin):
-        return _definition_problem(found.origin, entry.fn)
+        return (
+            f"module {entry.target!r} cannot be found (no {entry.target.replace('.', '/')}.py or "
+            f"package below {working_dir} or sys.path)"
+        )
+    if found.endswith(".py"):
+        return _definition_problem(found, entry.fn)
+    return None  # an extension module or a built-in: nothing to parse
+
+
+def find_module_file(name: str, working_dir: str) -> str | None:
+    """The file module ``name`` would be imported from (``.py``, a package's ``__init__.py``,
+    an extension module), or the name itself for a built-in; None when there is none. Imports
+    nothing: parent packages' ``__init__`` do not run."""
+    if name in sys.builtin_module_names:
+        return name
+    parts = name.split(".")
+    bases = [working_dir, *(p or os.getcwd() for p in sys.path)]
+    for base in [*bases, *_import_system_locations(parts[0])]:
+        found = _module_below(base, parts)
+        if found is not None:
+            return found
     return None
+
+
+def _module_below(base: str, parts: list[str]) -> str | None:
+    folder = os.path.join(base, *parts[:-1])
+    if not os.path.isdir(folder):
+        return None
+    last = parts[-1]
+    for candidate in (
+        os.path.join(folder, last + ".py"),
+        os.path.join(folder, last, "__init__.py"),
+    ):
+        if os.path.isfile(candidate):
+            return candidate
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        if os.path.isfile(os.path.join(folder, last + suffix)):
+            return os.path.join(folder, last + suffix)
+    return None
+
+
+def _import_system_locations(top: str) -> list[str]:
+    """Folders holding top-level package ``top`` per the import system's finders (editable
+    installs register such finders). A top-level lookup imports nothing."""
+    try:
+        loaded = sys.modules.get(top)
+        found = loaded.__spec__ if loaded is not None else importlib.util.find_spec(top)
+    except (ImportError, ValueError, AttributeError):
+        return []
+    if found is None:
+        return []
+    out = []
+    if found.origin and os.path.isfile(found.origin):
+        out.append(os.path.dirname(found.origin))
+        if os.path.basename(found.origin) == "__init__.py":
+            out.append(os.path.dirname(os.path.dirname(found.origin)))
+    for loc in found.submodule_search_locations or ():
+        out.append(os.path.dirname(loc))
+    return out
 
 
 def _definition_problem(path: str, fn: str) -> str | None:

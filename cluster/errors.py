@@ -6,24 +6,28 @@ both in type and in the exit code they map to (see ``cluster.exit_codes``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from storage.errors import RetryableError, SpotrainError
+from storage.redaction import redact
 
 
 class SpecError(SpotrainError):
-    """The job spec is invalid. Names the field, the value given and what is allowed."""
+    """The job spec is invalid. Names the field, the value given (secrets masked: a value under
+    a secret-looking field or key, URL user info) and what is allowed."""
 
     retryable = False
 
     def __init__(self, field: str, value: Any, allowed: str, source: str | None = None) -> None:
         self.field = field
-        self.value = value
+        self.value = redact(value, field.rsplit(".", 1)[-1])
         self.allowed = allowed
         self.source = source
         where = f"{source}: " if source else ""
-        super().__init__(f"{where}invalid job spec field '{field}': got {value!r}; {allowed}")
+        super().__init__(f"{where}invalid job spec field '{field}': got {self.value!r}; {allowed}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.field, self.value, self.allowed, self.source))
@@ -41,6 +45,39 @@ class NoRunError(SpotrainError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.url,))
+
+
+class RunDamagedError(SpotrainError):
+    """What is stored of the run cannot be used as it is: no committed checkpoint verifies, or
+    the run record cannot be read (``run.json`` not JSON, a file where the events folder should
+    be). Running again cannot help (exit code 6): the message says how to start fresh."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        self.url = url
+        self.problem = problem
+        super().__init__(
+            f"the run at {url} cannot be resumed: {problem}; fix: start fresh: give the job a "
+            f"new name, or delete the run folder ({url})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (self.__class__, (self.url, self.problem))
+
+
+@contextmanager
+def reading_run(url: str) -> Iterator[None]:
+    """Turn the errors of reading a damaged run record into :class:`RunDamagedError`."""
+    try:
+        yield
+    except SpotrainError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise RunDamagedError(url, f"a run file is not valid JSON ({exc})") from None
+    except (NotADirectoryError, FileExistsError, IsADirectoryError) as exc:
+        what = f"{type(exc).__name__}: {exc.strerror or exc}"
+        raise RunDamagedError(
+            url, f"a file stands where a folder of the run should be, or the reverse ({what})"
+        ) from None
 
 
 class DriverPreempted(RetryableError):

@@ -9,6 +9,8 @@ code    meaning
 4       infrastructure error after the retry budgets were spent (preemptions, lost nodes,
         storage faults); running again resumes from the latest committed checkpoint
 5       the run is held by another live coordinator (its lease has not expired)
+6       the run cannot be resumed: no committed checkpoint verifies (all corrupt), or its run
+        record is damaged; start fresh (a new run name, or delete the run folder)
 75      this coordinator was preempted (SIGTERM) after saving; run again to resume
         (75 is EX_TEMPFAIL from sysexits.h: "try again later")
 ======  ===================================================================================
@@ -27,4 +29,5 @@ class ExitCode(enum.IntEnum):
     USER_ERROR = 3
     INFRA_ERROR = 4
     HELD = 5
+    RUN_DAMAGED = 6
     PREEMPTED = 75

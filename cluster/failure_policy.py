@@ -19,6 +19,9 @@ from cluster import constants
 
 logger = logging.getLogger(__name__)
 
+#: Longest failure message kept (one line, cut from its end).
+MAX_MESSAGE_CHARS = 2000
+
 
 class FailureKind(str, enum.Enum):
     PREEMPTION = "preemption"  # noticed: node drain, SIGTERM'd worker or driver, spot reclaim
@@ -27,6 +30,7 @@ class FailureKind(str, enum.Enum):
     STORAGE_PERMANENT = "storage_permanent"  # permission denied, bucket missing
     USER_CODE = "user_code"  # the user's model / data / callback code raised
     SPEC = "spec"  # the job spec is invalid
+    NO_CHECKPOINT = "no_checkpoint"  # every committed checkpoint is corrupt: resuming cannot work
     INTERNAL = "internal"  # anything else: counted against max_failures
 
     @property
@@ -41,11 +45,23 @@ class Decision(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Classified:
-    """What went wrong: the kind, a one-line message and (for user code) the user's traceback."""
+    """What went wrong: the kind, a one-line message and (for user code) the user's traceback,
+    whole (never cut: it is what the user needs to fix the error)."""
 
     kind: FailureKind
     message: str
     user_traceback: str = ""
+
+    def redacted(self, redact: Any) -> Classified:
+        """A copy with ``redact`` (e.g. ``RunLocation.redact``) applied to message and traceback."""
+        return Classified(self.kind, redact(self.message), redact(self.user_traceback))
+
+
+def one_line(text: str, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """The first non-empty line of ``text``, cut at ``max_chars`` from its start (a message is
+    read from its beginning; tracebacks travel whole, beside it)."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line if len(line) <= max_chars else line[: max_chars - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -207,9 +223,14 @@ def _user_traceback(exc: BaseException, fallback: str) -> str:
     return fallback
 
 
-def _classify_leaf(exc: BaseException, tb: str = "") -> Classified:
+#: Python errors the user's config or code raises deterministically (a bad value, a wrong type):
+#: retrying cannot help.
+_DETERMINISTIC_NAMES = {"ValueError", "TypeError"}
+
+
+def _classify_leaf(exc: BaseException, tb: str = "", in_worker: bool = False) -> Classified:
     names = _names(exc)
-    msg = f"{type(exc).__name__}: {exc}".strip()
+    msg = one_line(f"{type(exc).__name__}: {exc}")
     if getattr(exc, "preempted", False) is True or names & {
         "PreemptionError",
         "PreemptedError",
@@ -224,13 +245,26 @@ def _classify_leaf(exc: BaseException, tb: str = "") -> Classified:
         return Classified(FailureKind.LOST, msg)
     if "TransientStorageError" in names:
         return Classified(FailureKind.STORAGE_TRANSIENT, msg)
-    if names & {"PermanentStorageError", "NoValidCheckpointError", "InvalidNameError"}:
+    if "NoValidCheckpointError" in names:
+        return Classified(FailureKind.NO_CHECKPOINT, msg)
+    if names & {"PermanentStorageError", "InvalidNameError"}:
         return Classified(FailureKind.STORAGE_PERMANENT, msg)
     if "SpotrainError" in names and getattr(exc, "retryable", True) is False:
         # A deterministic spotrain error raised in the workers (e.g. the trainer's "global batch
-        # size not divisible by world size") is a user error: retrying cannot help.
+        # size not divisible by world size", ModelMismatchError) is a user error: retrying
+        # cannot help.
         return Classified(FailureKind.USER_CODE, msg, _user_traceback(exc, tb))
+    if in_worker and names & _DETERMINISTIC_NAMES and "SpotrainError" not in names:
+        # e.g. a ValueError from TensorFlow about a value of the user's config (in the driver,
+        # the same error is spotrain's own: internal)
+        return Classified(FailureKind.USER_CODE, msg, _user_traceback(exc, tb) or _format(exc))
     return Classified(FailureKind.INTERNAL, msg, tb)
+
+
+def _format(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
 
 
 _PRECEDENCE = [
@@ -238,6 +272,7 @@ _PRECEDENCE = [
     FailureKind.LOST,
     FailureKind.USER_CODE,
     FailureKind.SPEC,
+    FailureKind.NO_CHECKPOINT,
     FailureKind.STORAGE_PERMANENT,
     FailureKind.STORAGE_TRANSIENT,
     FailureKind.INTERNAL,
@@ -253,7 +288,7 @@ def classify(exc: BaseException) -> Classified:
             if err is None:
                 continue
             inner, tb = _unwrap(err)
-            c = _classify_leaf(inner, tb)
+            c = _classify_leaf(inner, tb, in_worker=True)
             leaves.append(Classified(c.kind, f"rank {rank}: {c.message}", c.user_traceback))
         if leaves:
             return min(leaves, key=lambda c: _PRECEDENCE.index(c.kind))
@@ -261,7 +296,7 @@ def classify(exc: BaseException) -> Classified:
         inner, tb = _unwrap(exc.controller_failure)  # type: ignore[attr-defined]
         return _classify_leaf(inner, tb)
     inner, tb = _unwrap(exc)
-    return _classify_leaf(inner, tb)
+    return _classify_leaf(inner, tb, in_worker=inner is not exc)
 
 
 def options_from_spec(

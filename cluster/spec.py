@@ -57,6 +57,7 @@ from cluster import constants
 from cluster.entry_points import entry_point_problem
 from cluster.errors import SpecError, one_of
 from storage.location import join_run_url
+from storage.redaction import redact, redact_url
 from trainer.entry_points import parse_entry_point
 from trainer.job import CALLBACK_HINT, CheckpointPolicy, JobFields, TrainJob
 from trainer.job_schema import (
@@ -89,7 +90,6 @@ _WORKERS_RULE = "an integer >= 1 or [min, max] with 1 <= min <= max"
 _GPUS_RULE = "0, or a number > 0 together with scaling.use_gpu: true"
 _BUDGET = Rule("-1 (unlimited), 0 (no retries) or a positive integer")
 _STORAGE_RULE = "an fsspec URL such as file://./runs or s3://bucket/prefix"
-_SECRET_HINTS = ("key", "secret", "token", "password")
 
 
 _Workers = Annotated[StrictInt, Field(ge=1)]
@@ -219,6 +219,20 @@ class JobSpec(JobFields):
             raise invalid("allowed: " + _STORAGE_RULE, value)
         return value
 
+    @model_validator(mode="after")
+    def _batch_divides_workers(self) -> JobSpec:
+        # every world size the run may have (elastic: each of [min, max]) divides the batch
+        workers = self.scaling.workers
+        low, high = workers if isinstance(workers, tuple) else (workers, workers)
+        gbs = self.global_batch_size
+        bad = next((n for n in range(low, min(high, gbs + 1) + 1) if gbs % n), None)
+        if bad is not None:
+            rule = f"a multiple of scaling.workers ({workers})"
+            if isinstance(workers, tuple):
+                rule = f"a multiple of every world size in {list(workers)} ({bad} is not)"
+            raise invalid(f"allowed: {rule}", gbs, "global_batch_size")
+        return self
+
     @property
     def run_url(self) -> str:
         """``<storage>/<name>``, validated by storage."""
@@ -227,7 +241,8 @@ class JobSpec(JobFields):
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain JSON-able data, in the YAML's shape (for the run record)."""
         out = _SPEC.dump_python(self, by_alias=True)
-        out["storage_options"] = _redact_options(self.storage_options)
+        out["storage"] = redact_url(self.storage)
+        out["storage_options"] = redact(self.storage_options)
         return out
 
     def with_overrides(
@@ -238,20 +253,25 @@ class JobSpec(JobFields):
         epochs: int | None = None,
     ) -> JobSpec:
         """Apply command-line overrides (``--workers``, ``--storage``, ``--epochs``), validated."""
-        spec = self
+        changes: dict[str, Any] = {}
         if workers is not None:
             _check_positive_int("--workers", workers, self.source)
-            spec = dataclasses.replace(
-                spec, scaling=dataclasses.replace(spec.scaling, workers=workers)
-            )
+            changes["scaling"] = dataclasses.replace(self.scaling, workers=workers)
         if storage is not None:
             if not _is_storage_url(storage):
                 raise SpecError("--storage", storage, "allowed: " + _STORAGE_RULE, self.source)
-            spec = dataclasses.replace(spec, storage=storage)
+            changes["storage"] = storage
         if epochs is not None:
             _check_positive_int("--epochs", epochs, self.source)
-            spec = dataclasses.replace(spec, epochs=epochs)
-        return spec
+            changes["epochs"] = epochs
+        try:
+            return dataclasses.replace(self, **changes) if changes else self
+        except ValidationError as exc:
+            field, value, allowed = first_error(exc, JobSpec, by_alias=True)
+            flag = {"epochs": "--epochs", "storage": "--storage"}.get(field, field)
+            if workers is not None and field == "global_batch_size":
+                allowed += f" (with --workers {workers})"
+            raise SpecError(flag, value, allowed, self.source) from None
 
     def to_train_job(self) -> TrainJob:
         """Convert to the worker's ``trainer.job.TrainJob``."""
@@ -306,18 +326,26 @@ def _factory_defaults(properties: dict[str, Any], cls: type) -> None:
             )
 
 
-def load_spec(path: str | os.PathLike[str], working_dir: str | None = None) -> JobSpec:
-    """Read and validate a job spec YAML file. Raises :class:`SpecError`."""
+def load_spec(
+    path: str | os.PathLike[str], working_dir: str | None = None, check_entry_points: bool = True
+) -> JobSpec:
+    """Read and validate a job spec YAML file. Raises :class:`SpecError` (one line)."""
     source = str(path)
     try:
         text = Path(path).read_text()
-    except OSError as exc:
-        raise SpecError("(file)", source, f"cannot read the job spec: {exc.strerror}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else f"not text ({exc.reason})"
+        raise SpecError("(file)", source, f"cannot read the job spec: {why}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SpecError("(file)", source, f"not valid YAML: {exc}") from exc
-    return parse_spec(raw, working_dir=working_dir, source=source)
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise SpecError("(file)", source, f"not valid YAML{at}: {problem}") from None
+    return parse_spec(
+        raw, working_dir=working_dir, source=source, check_entry_points=check_entry_points
+    )
 
 
 def parse_spec(
@@ -358,10 +386,3 @@ def absolute_run_url(url: str) -> str:
     if "://" not in url:
         return os.path.abspath(url)
     return url
-
-
-def _redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: ("***" if any(h in str(k).lower() for h in _SECRET_HINTS) else v)
-        for k, v in options.items()
-    }

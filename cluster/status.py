@@ -70,6 +70,8 @@ class StatusReport:
     history: list[MetricPoint] = field(default_factory=list)
     markers: list[Marker] = field(default_factory=list)
     updated: float | None = None
+    #: Committed steps newer than ``latest_checkpoint`` whose manifest does not parse.
+    corrupt_steps: list[int] = field(default_factory=list)
 
     def to_json(self, with_history: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -90,6 +92,7 @@ class StatusReport:
             "samples_per_s": self.samples_per_s,
             "message": self.message,
             "updated": self.updated,
+            "corrupt_steps": self.corrupt_steps,
         }
         if with_history:
             out["history"] = [asdict(p) for p in self.history]
@@ -132,16 +135,10 @@ def _age(age_s: float | None) -> str:
 def resolve_target(target: str) -> tuple[str, dict[str, Any]]:
     """A run URL, or a job spec YAML (-> its run URL and storage options)."""
     if target.endswith((".yaml", ".yml")) and os.path.isfile(target):
-        import yaml
+        from cluster.spec import load_spec
 
-        from cluster.spec import load_spec, parse_spec
-
-        with open(target) as fh:
-            raw = yaml.safe_load(fh)
-        try:
-            spec = parse_spec(raw, source=target, check_entry_points=False)
-        except Exception:
-            spec = load_spec(target)  # re-raise with the proper message
+        # entry points are not checked: reading a run needs neither them nor their files
+        spec = load_spec(target, check_entry_points=False)
         return spec.run_url, dict(spec.storage_options)
     return target, {}
 
@@ -233,16 +230,26 @@ def collect_status(location: RunLocation) -> StatusReport:
     """Build the report from the run record and the checkpoints (read-only).
 
     The report's ``run_url`` is ``location.url`` (the URL as given, credentials masked)."""
+    from cluster.errors import reading_run
     from storage.checkpoints import CheckpointStore
+    from storage.errors import CorruptCheckpointError
     from storage.run_record import RunRecord
 
     record = RunRecord(location)
     store = CheckpointStore(location)
-    doc = record.read_spec()
-    events = record.events()
-    steps = store.committed_steps()
-    latest = store.manifest(steps[-1]) if steps else None
-    return build_report(location.url, doc, events, latest)
+    with reading_run(location.url):
+        doc = record.read_spec()
+        events = record.events()
+    latest, corrupt = None, []
+    for step in reversed(store.committed_steps()):
+        try:  # a step whose manifest does not parse is shown, and skipped as restore skips it
+            latest = store.manifest(step)
+            break
+        except (CorruptCheckpointError, FileNotFoundError):
+            corrupt.append(step)
+    rep = build_report(location.url, doc, events, latest)
+    rep.corrupt_steps = sorted(corrupt)
+    return rep
 
 
 def build_report(

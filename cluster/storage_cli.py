@@ -32,7 +32,15 @@ def add_commands(sub: Any) -> None:
     ex = sub.add_parser("export", help="export a committed checkpoint as a Keras model")
     ex.add_argument("target", metavar="RUN_URL", help="run URL or job spec YAML")
     ex.add_argument("--out", required=True, help="model.keras, model.h5 or a SavedModel directory")
-    ex.add_argument("--step", type=int, help="committed step (default: the latest)")
+    ex.add_argument(
+        "--step", type=int, help="exactly this committed step (default: the latest that verifies)"
+    )
+    ex.add_argument(
+        "--model",
+        metavar="FILE.py:fn",
+        help="build the model with this entry point instead of the one run.json names (export "
+        "runs that code here)",
+    )
 
     gc = sub.add_parser("gc", help="apply retention and sweep uncommitted leftovers")
     gc.add_argument("target", metavar="RUN_URL", help="run URL or job spec YAML")
@@ -52,10 +60,11 @@ def _target(target: str) -> RunLocation:
 
 def _require_run(location: RunLocation) -> dict[str, Any]:
     """The run's ``run.json``; NoRunError when there is no run at ``location``."""
-    from cluster.errors import NoRunError
+    from cluster.errors import NoRunError, reading_run
     from storage.run_record import RunRecord
 
-    doc = RunRecord(location).read_spec()
+    with reading_run(location.url):
+        doc = RunRecord(location).read_spec()
     if doc is None:
         raise NoRunError(location.url)
     return doc
@@ -102,6 +111,10 @@ def _status_text(rep: Any) -> str:
         )
     else:
         lines.append("last commit  none")
+    if rep.corrupt_steps:
+        lines.append(
+            f"corrupt      steps {rep.corrupt_steps} (manifest unreadable; restore falls back)"
+        )
     if rep.metrics:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(rep.metrics.items()))
         lines.append(f"metrics      {shown}")
@@ -114,13 +127,19 @@ def _status_text(rep: Any) -> str:
 
 def cmd_checkpoints(args: argparse.Namespace) -> int:
     from storage.checkpoints import CheckpointStore
+    from storage.errors import CorruptCheckpointError
 
     location = _target(args.target)
     _require_run(location)
     store = CheckpointStore(location)
     rows: list[dict[str, Any]] = []
     for step in store.committed_steps():
-        m = store.manifest(step)
+        try:
+            m = store.manifest(step)
+        except (CorruptCheckpointError, FileNotFoundError) as exc:
+            # shown, not fatal: a restore skips this step and falls back to an older one
+            rows.append({"step": step, "corrupt": location.redact(str(exc))})
+            continue
         rows.append(
             {
                 "step": m.step,
@@ -140,6 +159,9 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         return ExitCode.OK
     print(f"{'step':>10}  {'epoch':>5}  {'size':>10}  {'files':>5}  created")
     for r in rows:
+        if "corrupt" in r:
+            print(f"{r['step']:>10}  corrupt (skipped by restore): {r['corrupt']}")
+            continue
         epoch = "-" if r["epoch"] is None else str(r["epoch"])
         flag = "  (final)" if r["finished"] else ""
         print(
@@ -214,7 +236,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     location = _target(args.target)
     t0 = time.time()
-    out, step = export_model(location, args.out, step=args.step)
+    out, step = export_model(location, args.out, step=args.step, model_entry=args.model)
     print(f"exported step {step} of {location.url} to {out} ({time.time() - t0:.1f}s)")
     return ExitCode.OK
 

@@ -115,3 +115,8 @@ class StaleWriterError(StorageError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.url, self.generation, self.current))
+
+
+class UnsupportedStorageError(SpotrainError, ValueError):
+    """A storage URL this installation cannot open: an unknown protocol, or one whose fsspec
+    package (``gcsfs``, ``adlfs``...) is not installed. Never retryable: fix the URL or install."""

@@ -9,24 +9,25 @@ A run lives under one fsspec URL (``file://``, a bare local path, ``memory://``,
     <run>/checkpoints/<step:012d>/...   files, then MANIFEST.json last (= the commit)
 
 Credentials are taken from ``storage_options``, the environment or fsspec config, and never
-appear in logs or errors: :func:`redact_url` strips user info and secret query parameters, and
-:meth:`RunLocation.redact` also masks every secret value found in ``storage_options``.
+appear in logs or errors: :mod:`storage.redaction` (the one redaction) strips user info and
+secret query parameters, and :meth:`RunLocation.redact` also masks every secret value found in
+``storage_options`` or the URL's user info.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fsspec.core import split_protocol, url_to_fs
 from fsspec.spec import AbstractFileSystem
 
 from storage.constants import MANIFEST_NAME, MAX_STEP, STEP_DIGITS
-from storage.errors import InvalidNameError, PermanentStorageError
+from storage.errors import InvalidNameError, PermanentStorageError, UnsupportedStorageError
+from storage.redaction import MASK, redact_text, redact_url, remember_secrets
 from storage.retry import RetryOptions, call_with_retry
 
 #: Path components (a run's directory): lowercase letters, digits, '-', '_', '.'; start with a
@@ -40,8 +41,6 @@ RUN_NAME_RULE = (
     f"lowercase letters, digits and '-' ([a-z0-9-]+, at most {MAX_RUN_NAME_CHARS} "
     "characters, not starting or ending with '-')"
 )
-_SECRET_WORDS = ("secret", "token", "password", "passwd", "signature", "credential", "sig", "key")
-_REDACTED = "***"
 
 
 def validate_run_name(name: str) -> str:
@@ -101,45 +100,31 @@ def parse_step_dirname(name: str) -> int | None:
     return None
 
 
-def redact_url(url: str) -> str:
-    """``url`` without user info (``user:pass@``) and with secret-looking query values masked."""
-    if not isinstance(url, str) or "://" not in url:
-        return url
+def _open_fs(url: str, protocol: str | None, options: dict[str, Any]) -> tuple[Any, str]:
+    """``url_to_fs`` with its set-up errors as :class:`UnsupportedStorageError` (with the fix)."""
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return _REDACTED
-    netloc = parts.netloc
-    pairs = parse_qsl(parts.query, keep_blank_values=True) if parts.query else []
-    secret_query = any(any(w in k.lower() for w in _SECRET_WORDS) for k, _ in pairs)
-    if "@" not in netloc and not secret_query:
-        # nothing to mask: the URL as given (urlunsplit would rewrite e.g. 'memory:///x')
-        return url
-    if "@" in netloc:
-        netloc = _REDACTED + "@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if secret_query:
-        query = urlencode(
-            [(k, _REDACTED if any(w in k.lower() for w in _SECRET_WORDS) else v) for k, v in pairs],
-            safe="*",
-        )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def _secret_values(options: Any, key: str = "") -> Iterable[str]:
-    """Every string value in ``options`` stored under a secret-looking key (recursively)."""
-    if isinstance(options, Mapping):
-        for k, v in options.items():
-            yield from _secret_values(v, str(k))
-    elif isinstance(options, (list, tuple)):
-        for v in options:
-            yield from _secret_values(v, key)
-    elif (
-        isinstance(options, str)
-        and len(options) >= 4  # shorter values would erase ordinary words from messages
-        and any(w in key.lower() for w in _SECRET_WORDS)
-    ):
-        yield options
+        return url_to_fs(url, **options)
+    except ImportError as exc:  # fsspec knows the protocol, its package is missing
+        detail = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        raise UnsupportedStorageError(
+            f"storage {redact_url(url)!r} needs a package that is not installed ({detail}); "
+            f"fix: install the fsspec backend of {protocol}:// (e.g. pip install gcsfs for "
+            "gs://, s3fs for s3://, adlfs for az://)"
+        ) from None
+    except TypeError as exc:  # an option the backend does not take
+        raise UnsupportedStorageError(
+            f"storage {redact_url(url)!r}: the {protocol or 'file'} backend refused the "
+            f"storage_options ({redact_text(str(exc))}); fix: pass only options it accepts "
+            f"(keys given: {sorted(map(str, options))})"
+        ) from None
+    except ValueError as exc:
+        if "protocol not known" not in str(exc).lower():
+            raise
+        known = ", ".join(f"{p}://" for p in ("file", "memory", "s3", "gs", "az", "hdfs"))
+        raise UnsupportedStorageError(
+            f"storage {redact_url(url)!r} has an unknown protocol {protocol!r}; fix: use a "
+            f"protocol fsspec knows ({known}...), or a local path"
+        ) from None
 
 
 def join_run_url(base: str, name: str) -> str:
@@ -180,12 +165,12 @@ class RunLocation:
                 "'s3://bucket/runs/my-run'"
             )
         options = dict(storage_options or {})
-        secrets = tuple(sorted(set(_secret_values(options)), key=len, reverse=True))
+        secrets = remember_secrets(options, url)
         protocol, _ = split_protocol(url)
         if fs is None:
             if protocol in (None, "file", "local") and "auto_mkdir" not in options:
                 options["auto_mkdir"] = True
-            fs, root = url_to_fs(url, **options)
+            fs, root = _open_fs(url, protocol, options)
         else:
             root = fs._strip_protocol(url)
         root = root.rstrip("/")
@@ -300,17 +285,11 @@ class RunLocation:
         )
 
     def redact(self, text: str) -> str:
-        """``text`` with every secret of ``storage_options`` and URL credentials masked."""
+        """``text`` with every secret of ``storage_options`` and URL credentials masked (this
+        location's own secrets too when it was unpickled in another process)."""
         for secret in self.secrets:
-            text = text.replace(secret, _REDACTED)
-        return _redact_urls_in(text)
-
-
-_URL_IN_TEXT = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+")
-
-
-def _redact_urls_in(text: str) -> str:
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+            text = text.replace(secret, MASK)
+        return redact_text(text)
 
 
 __all__ = [

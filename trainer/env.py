@@ -6,14 +6,61 @@ at import time, so ``tf.keras`` is tf-keras (Keras 3 fails under MultiWorkerMirr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Iterator
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 logger = logging.getLogger(__name__)
+
+
+#: Lines TensorFlow's C++ side prints while it is imported, before it reads TF_CPP_MIN_LOG_LEVEL
+#: (static initializers log through absl before absl is set up, so no setting silences them):
+#: absl's "All log messages before absl::InitializeLog()" notice and its I/W-level lines
+#: (``port.cc`` oneDNN, ``cudart_stub.cc`` "Could not find cuda drivers"). Errors pass.
+_START_UP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} )")
+
+
+@contextlib.contextmanager
+def quiet_native_start_up(quiet: bool = True) -> Iterator[None]:
+    """During the block, file descriptor 2 goes to a temp file; afterwards every line of it
+    but TensorFlow's start-up notices (:data:`_START_UP_NOISE`) is written to stderr.
+    ``quiet=False`` (``-v``) changes nothing."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [
+                line
+                for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+                if not _START_UP_NOISE.match(line)
+            ]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+def import_tensorflow(quiet: bool = True) -> None:
+    """Import TensorFlow here (tf-keras, see the module doc) without its C++ start-up lines
+    unless ``quiet`` is False."""
+    with quiet_native_start_up(quiet):
+        import tensorflow  # noqa: F401
 
 
 def check_legacy_keras() -> None:

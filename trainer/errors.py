@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage.errors import RetryableError, SpotrainError
+from storage.redaction import redact
 
 
 class TrainerError(SpotrainError):
@@ -21,9 +22,9 @@ class JobSpecError(TrainerError, ValueError):
 
     def __init__(self, field: str, value: object, fix: str) -> None:
         self.field = field
-        self.value = value
+        self.value = redact(value, field.rsplit(".", 1)[-1])  # never echo a secret
         self.fix = fix
-        super().__init__(f"job field {field!r} = {value!r} is invalid: {fix}")
+        super().__init__(f"job field {field!r} = {self.value!r} is invalid: {fix}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.field, self.value, self.fix))
@@ -66,6 +67,24 @@ class ModelMismatchError(TrainerError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.run_url, self.saved, self.current, self.detail))
+
+
+class ExportStepError(TrainerError):
+    """The step asked for cannot be read exactly (not committed, or it does not verify)."""
+
+    def __init__(self, run_url: str, step: int, committed: list[int], why: str) -> None:
+        self.run_url = run_url
+        self.step = step
+        self.committed = list(committed)
+        self.why = why
+        super().__init__(
+            f"step {step} of {run_url} cannot be exported: {why}; fix: pick one of the "
+            f"committed steps {self.committed or '(none)'} (spotrain checkpoints RUN_URL lists "
+            "them), or leave out --step for the newest one that verifies"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.run_url, self.step, self.committed, self.why))
 
 
 class ReplicaDivergenceError(TrainerError):

@@ -38,9 +38,15 @@ from trainer.entry_points import (
 )
 from trainer.errors import JobSpecError
 from trainer.job_schema import (
-    NON_NEGATIVE_INT,
-    POSITIVE_INT,
+    BATCH_RULE,
+    EPOCHS_RULE,
+    MAX_BATCH_SIZE,
+    MAX_EPOCHS,
+    MAX_INT64,
+    MAX_SEED,
+    MAX_STEPS,
     SCHEMA_CONFIG,
+    SEED_RULE,
     Rule,
     drop_nulls,
     first_error,
@@ -80,16 +86,20 @@ class CheckpointPolicy:
     """When to save and what to keep (job spec section ``checkpoint``)."""
 
     every_steps: Annotated[
-        StrictInt, Field(ge=0), Rule("0 (epoch ends only) or an integer >= 1")
+        StrictInt,
+        Field(ge=0, le=MAX_STEPS),
+        Rule(f"0 (epoch ends only) or an integer from 1 to {MAX_STEPS}"),
     ] = 0
     """Also save every N global steps (0: epoch ends only)."""
     every_epoch: StrictBool = True
     """Save at every epoch end."""
-    keep_last: Annotated[StrictInt, Field(ge=0), Rule("0 (keep all) or an integer >= 1")] = (
-        DEFAULT_KEEP_LAST
-    )
+    keep_last: Annotated[
+        StrictInt, Field(ge=0, le=MAX_INT64), Rule("0 (keep all) or an integer >= 1 (int64)")
+    ] = DEFAULT_KEEP_LAST
     """Committed checkpoints to keep (0 = all)."""
-    keep_every: Annotated[StrictInt, Field(ge=0), Rule("0 (none) or an integer >= 1")] = 0
+    keep_every: Annotated[
+        StrictInt, Field(ge=0, le=MAX_STEPS), Rule(f"0 (none) or an integer from 1 to {MAX_STEPS}")
+    ] = 0
     """Also keep every checkpoint whose step is a multiple of this (0 = none)."""
     async_upload: Annotated[StrictBool, Field(alias="async")] = True
     """Upload in the background; a step is blocked only for the local write (YAML: ``async``)."""
@@ -180,11 +190,11 @@ class JobFields:
     """Like ``data``, for validation at each epoch end."""
     config: dict[Any, Any] = Field(default_factory=dict)
     """Free mapping passed to your functions."""
-    epochs: Annotated[StrictInt, Field(ge=1), POSITIVE_INT] = 1
+    epochs: Annotated[StrictInt, Field(ge=1, le=MAX_EPOCHS), EPOCHS_RULE] = 1
     """Epochs to train."""
-    global_batch_size: Annotated[StrictInt, Field(ge=1), POSITIVE_INT] = 32
+    global_batch_size: Annotated[StrictInt, Field(ge=1, le=MAX_BATCH_SIZE), BATCH_RULE] = 32
     """Batch size over all workers."""
-    seed: Annotated[StrictInt, Field(ge=0), NON_NEGATIVE_INT] = 0
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED), SEED_RULE] = 0
     """Seed of weights init, shuffling, dropout."""
     deterministic: StrictBool = True
     """Op determinism + seeded random state: resumes are bitwise exact."""
@@ -194,9 +204,9 @@ class JobFields:
     """When to save and what to keep."""
     callbacks: tuple[CallbackSpec, ...] = ()
     """List of ``{kind: {kwargs}}``."""
-    preemption_poll_steps: Annotated[StrictInt, Field(ge=0), Rule("an integer >= 0 (0 = off)")] = (
-        PREEMPTION_POLL_STEPS
-    )
+    preemption_poll_steps: Annotated[
+        StrictInt, Field(ge=0, le=MAX_STEPS), Rule(f"an integer from 0 (off) to {MAX_STEPS}")
+    ] = PREEMPTION_POLL_STEPS
     """How often (in steps) every worker checks for a preemption notice."""
 
     @field_validator("name")
@@ -247,7 +257,9 @@ class TrainJob(JobFields):
     managed_input: StrictBool = True
     """spotrain shuffles (seeded by seed and epoch), batches and shards; false hands the user's
     dataset to Keras as is (exact resume is then the user's responsibility)."""
-    shuffle_buffer: Annotated[StrictInt | None, Field(ge=1), Rule("an integer >= 1 or null")] = None
+    shuffle_buffer: Annotated[
+        StrictInt | None, Field(ge=1, le=MAX_INT64), Rule("an integer >= 1 (int64) or null")
+    ] = None
     """Examples in the shuffle buffer (None = the whole dataset, capped by
     trainer.constants.DEFAULT_SHUFFLE_BUFFER)."""
     lease_generation: Annotated[StrictInt | None, Field(ge=0), Rule("an integer >= 0 or null")] = (

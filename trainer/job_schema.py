@@ -37,6 +37,21 @@ class Rule:
 POSITIVE_INT = Rule("an integer >= 1")
 NON_NEGATIVE_INT = Rule("an integer >= 0")
 
+#: Bounds of the job's counts, checked by the spec before Ray or TensorFlow start (a value past
+#: them would only fail inside the workers). Seeds: NumPy's and TensorFlow's 32-bit seeds.
+MAX_SEED = 2**32 - 1
+#: Epochs: far past any real run, and epochs x steps stays within a step number (10**12).
+MAX_EPOCHS = 1_000_000
+#: Batch sizes: TensorFlow's int32 shapes.
+MAX_BATCH_SIZE = 2**31 - 1
+#: Step counts (save every N steps, poll every N steps): a step number's range.
+MAX_STEPS = 10**12 - 1
+#: Counts of checkpoints kept: int64.
+MAX_INT64 = 2**63 - 1
+SEED_RULE = Rule(f"an integer from 0 to {MAX_SEED}")
+EPOCHS_RULE = Rule(f"an integer from 1 to {MAX_EPOCHS}")
+BATCH_RULE = Rule(f"an integer from 1 to {MAX_BATCH_SIZE}")
+
 _TYPE_NAMES = {
     "int_type": "an integer",
     "bool_type": "true or false",

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.checkpoints import CheckpointStore
+from storage.errors import NoValidCheckpointError
 from storage.manifest import Manifest
 from trainer import env
 from trainer import state as st
-from trainer.errors import TrainerError
+from trainer.errors import ExportStepError, ModelMismatchError, TrainerError
 from trainer.user_code import user_code
 
 import tensorflow as tf  # isort: skip
@@ -93,21 +94,41 @@ def load_committed_model(
     seed: int,
     deterministic: bool,
     step: int | None = None,
+    exact_step: bool = False,
     include_optimizer: bool = True,
 ) -> tuple[Any, Manifest]:
     """Build a model with the user's ``build_model(config)`` and read committed ``step``
-    (default: the latest) into it; returns (model, manifest). The download goes to a temp dir
-    that is removed before returning.
+    (default: the latest that verifies) into it; returns (model, manifest). The download goes to
+    a temp dir that is removed before returning.
 
-    include_optimizer=False reads the model's variables only (the optimizer starts fresh,
-    as in ``spotrain export``); True also reads optimizer slots and random generators.
+    exact_step: ``step`` itself or :class:`ExportStepError` (no fallback to an older step).
+    The checkpoint's model fingerprint must match the model built (as a training restore
+    checks it), else :class:`ModelMismatchError`. include_optimizer=False reads the model's
+    variables only (the optimizer starts fresh, as in ``spotrain export``); True also reads
+    optimizer slots and random generators.
     """
+    committed = store.committed_steps()
+    if exact_step and step is not None and step not in committed:
+        raise ExportStepError(store.url, step, committed, "it is not a committed step")
     tmp = tempfile.mkdtemp(prefix="spotrain-load-")
     try:
-        manifest = store.restore(tmp, step=step)
+        try:
+            manifest = store.restore(tmp, step=step)
+        except NoValidCheckpointError:
+            if exact_step and step is not None:
+                raise ExportStepError(store.url, step, committed, "it does not verify") from None
+            raise
+        if exact_step and step is not None and manifest.step != step:
+            raise ExportStepError(
+                store.url,
+                step,
+                committed,
+                f"it does not verify (the newest step below it that does is {manifest.step})",
+            )
         env.configure(seed, deterministic)
         with user_code("build_model"):
             model = build_model(dict(config))
+        _check_fingerprint(store.url, manifest, model)
         if include_optimizer:
             if model.optimizer is not None:
                 build_optimizer(model)
@@ -118,3 +139,17 @@ def load_committed_model(
         return model, manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_fingerprint(run_url: str, manifest: Manifest, model: Any) -> None:
+    """ModelMismatchError when ``model`` is not the model the checkpoint was saved from."""
+    saved = str((manifest.state or {}).get("fingerprint") or "")
+    if not saved:
+        return  # a checkpoint written without one (not by the trainer): nothing to compare
+    current, detail = st.fingerprint(model)
+    if saved != current:
+        saved_detail = (manifest.state or {}).get("fingerprint_detail") or {}
+        differ = [k for k in detail if saved_detail.get(k) != st.to_json_value(detail[k])]
+        raise ModelMismatchError(
+            run_url, saved, current, f"{', '.join(differ) or 'the model'} differ"
+        )

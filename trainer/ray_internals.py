@@ -20,6 +20,10 @@ from typing import Any
 
 from storage.errors import SpotrainError
 
+#: The logger of Ray's "Token authentication is enabled for this Ray cluster" banner (printed on
+#: every embedded start by Ray 2.60); ``spotrain run`` shows it with ``-v`` only.
+RAY_TOKEN_BANNER_LOGGER = "ray._private.authentication.authentication_token_setup"
+
 TESTED_RAY = "2.60"
 TRAIN_FN_UTILS_MODULE = "ray.train.v2._internal.execution.train_fn_utils"
 

@@ -78,7 +78,7 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
         payload = {
             "attempt": self.attempt,
             "failure_kind": verdict.failure.kind.value,
-            "message": verdict.failure.message[-2000:],
+            "message": self.record.loc.redact(verdict.failure.message),
             "decision": verdict.decision.value,
             "budget": verdict.budget,
             "source": "ray",
@@ -86,7 +86,7 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
             "last_committed_step": last.get("last_committed_step"),
         }
         if verdict.failure.user_traceback:
-            payload["user_traceback"] = verdict.failure.user_traceback[-20000:]
+            payload["user_traceback"] = self.record.loc.redact(verdict.failure.user_traceback)
         try:
             rec = self.record
             if verdict.restart and _driver_stopping(rec):

@@ -13,13 +13,14 @@ def test_codes_are_the_documented_ones() -> None:
         "USER_ERROR": 3,
         "INFRA_ERROR": 4,
         "HELD": 5,
+        "RUN_DAMAGED": 6,
         "PREEMPTED": 75,
     }
     doc = exit_codes.__doc__ or ""
     for code in exit_codes.ExitCode:
         assert f"\n{int(code):<8}" in doc
     epilog = build_parser().epilog or ""
-    for code in (0, 2, 3, 4, 5, 75):
+    for code in (0, 2, 3, 4, 5, 6, 75):
         assert f"{code} " in epilog
 
 

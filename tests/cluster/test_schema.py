@@ -147,7 +147,10 @@ def test_schema_command_prints_the_schema_and_checks_files(
     )
     assert _schema_cli(["--check", str(JOB_FILES[0]), str(bad)]) == 3
     err = capsys.readouterr().err
-    assert f"{bad}: invalid job spec field 'epochs': got 0; allowed: an integer >= 1" in err
+    assert (
+        f"{bad}: invalid job spec field 'epochs': got 0; allowed: an integer from 1 to 1000000"
+        in err
+    )
 
 
 def test_one_run_name_rule_for_the_spec_and_the_worker() -> None:
