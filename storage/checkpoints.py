@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
+from storage import events
 from storage.constants import (
     DEFAULT_HASH_BLOCK_BYTES,
     DEFAULT_SWEEP_MIN_AGE_S,
@@ -58,6 +59,7 @@ from storage.errors import (
     CorruptCheckpointError,
     NoValidCheckpointError,
     SpotrainError,
+    StaleWriterError,
 )
 from storage.location import RunLocation, validate_step
 from storage.manifest import FileEntry, Manifest, dumps_json
@@ -149,13 +151,15 @@ class CheckpointStore:
             fn, what=what, url=self.loc.url, options=self.options.retry, redact=self.loc.redact
         )
 
-    def _event(self, kind: str, **payload: Any) -> None:
+    def _event(self, write: Callable[..., Any], **payload: Any) -> None:
         if not self.options.record_events:
             return
         try:
-            self.record.append_event(kind, **payload)
+            write(self.record, **payload)
+        except StaleWriterError:  # a stale writer stops, it does not log and go on
+            raise
         except SpotrainError as exc:  # the event log must never break a commit or a restore
-            logger.warning("[run=%s] could not record %s event: %s", self.url, kind, exc)
+            logger.warning("[run=%s] could not record an event (%s): %s", self.url, write, exc)
 
     def _rm(self, path: str, recursive: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -296,7 +300,7 @@ class CheckpointStore:
             mib / elapsed if elapsed > 0 else 0.0,
         )
         self._event(
-            "checkpoint_commit",
+            events.write_checkpoint_commit,
             step=manifest.step,
             files=len(manifest.files),
             bytes=manifest.total_bytes,
@@ -334,7 +338,7 @@ class CheckpointStore:
                     s,
                     reason,
                 )
-                self._event("checkpoint_corrupt", step=s, reason=reason)
+                self._event(events.write_checkpoint_corrupt, step=s, reason=reason)
         raise NoValidCheckpointError(
             f"no valid checkpoint in {self.url}: steps {tried} are all corrupt; fix: inspect "
             "the checkpoints (spotrain checkpoints RUN_URL) or start the run from scratch",
