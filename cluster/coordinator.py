@@ -41,7 +41,9 @@ from cluster.state import (
     last_state,
     record_state,
 )
+from storage import events as run_events
 from storage.errors import LeaseHeldError, NoValidCheckpointError, StaleWriterError
+from storage.events import Source
 from storage.location import RunLocation
 
 logger = logging.getLogger(__name__)
@@ -126,18 +128,18 @@ class Coordinator:
                 )
         events = self.record.events()
         self.policy.counts.update(count_budgets(events))
-        self.attempt = sum(1 for e in events if e.kind == "attempt_start")
+        self.attempt = run_events.attempts(events)
         if persisted is None:
             self.state = Pending()
             record_state(self.record, self.state)
         elif persisted.kind in (RunState.RUNNING, RunState.RESUMING):
             # The previous coordinator vanished (its lease expired): a driver preemption.
             latest = self._latest_step()
-            self.record.append_event(
-                "preemption",
+            run_events.write_preemption(
+                self.record,
                 attempt=self.attempt,
                 failure_kind="preemption",
-                source="driver_lost",
+                source=Source.DRIVER_LOST.value,
                 message="the previous coordinator stopped without recording an outcome",
                 last_committed_step=latest,
                 decision="RESTART",
@@ -277,8 +279,8 @@ class Coordinator:
             # Training ended but the previous coordinator died before recording it.
             self._go(Running(attempt=self.attempt, from_step=latest))
             return self._succeed(finished.state.get("global_step", finished.step))
-        self.record.append_event(
-            "attempt_start", attempt=self.attempt, source="driver", from_step=latest
+        run_events.write_attempt_start(
+            self.record, attempt=self.attempt, source=Source.DRIVER.value, from_step=latest
         )
         return self._go(Running(attempt=self.attempt, from_step=latest))
 
@@ -306,18 +308,18 @@ class Coordinator:
             raise  # the run belongs to a newer coordinator now: write nothing, stop
         except DriverPreempted as exc:
             latest = self._latest_step()
-            self.record.append_event(
-                "attempt_end",
+            run_events.write_attempt_end(
+                self.record,
                 attempt=self.attempt,
                 outcome="preempted",
                 duration_s=time.time() - started,
             )
             if not self._preemption_recorded_since_stop():
-                self.record.append_event(
-                    "preemption",
+                run_events.write_preemption(
+                    self.record,
                     attempt=self.attempt,
                     failure_kind="preemption",
-                    source="driver_sigterm",
+                    source=Source.DRIVER_SIGTERM.value,
                     message=str(exc),
                     last_committed_step=latest,
                     decision="STOP",
@@ -328,8 +330,8 @@ class Coordinator:
             )
         except Exception as exc:  # process boundary of one attempt: everything is classified
             return self._attempt_failed(exc, started)
-        self.record.append_event(
-            "attempt_end",
+        run_events.write_attempt_end(
+            self.record,
             attempt=self.attempt,
             outcome="succeeded",
             duration_s=time.time() - started,
@@ -345,9 +347,7 @@ class Coordinator:
         failure = classify(exc).redacted(self.location.redact)  # events and states: no secret
         # Ray's controller (cluster.ray.hooks) may already have decided RAISE and charged the
         # budget; then its verdict stands and is not charged twice.
-        ray_payload = ray_raise_payload(
-            self.record.events(kinds=["attempt_start", "failure", "preemption"])
-        )
+        ray_payload = ray_raise_payload(self.record)
         from_step = self.state.from_step if isinstance(self.state, Running) else None
         self.attempt = max(self.attempt, self._attempts_recorded())
         if ray_payload is not None:
@@ -359,10 +359,10 @@ class Coordinator:
                 self.policy.record_progress()
             self.policy.log_prefix = self._prefix()
             verdict = self.policy.decide(failure)
-            kind, payload = failure_event(self.attempt, failure, verdict, latest)
-            self.record.append_event(kind, **payload)
-        self.record.append_event(
-            "attempt_end",
+            preemption, payload = failure_event(self.attempt, failure, verdict, latest)
+            run_events.write_interruption(self.record, preemption, payload)
+        run_events.write_attempt_end(
+            self.record,
             attempt=self.attempt,
             outcome="failed",
             failure_kind=verdict.failure.kind.value,
@@ -389,9 +389,7 @@ class Coordinator:
 
     def _preemption_recorded_since_stop(self) -> bool:
         """The trainer or Ray's controller already recorded the interruption the stop caused."""
-        evs = self.record.events(kinds=["stop_requested", "preemption"])
-        stops = [i for i, ev in enumerate(evs) if ev.kind == "stop_requested"]
-        return bool(stops) and any(ev.kind == "preemption" for ev in evs[stops[-1] :])
+        return run_events.preemption_recorded_since_stop(self.record)
 
     def _attempts_recorded(self) -> int:
-        return sum(1 for e in self.record.events(kinds=["attempt_start"]))
+        return run_events.attempts(self.record)

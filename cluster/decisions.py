@@ -10,17 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.failure_policy import Classified, Decision, FailureKind, Verdict
+from storage import events as run_events
+from storage.events import InterruptionPayload, Kind, Source
 
 
 def count_budgets(events: list[Any]) -> dict[str, int]:
     """Failures already charged to each budget in this run (one per interrupted attempt)."""
-    from cluster.status import interruptions
-
     counts = {"preemptions": 0, "failures": 0, "storage": 0}
-    for ev in interruptions(events):
-        if ev.kind == "preemption":
+    for ev in run_events.interruptions(events):
+        if ev.kind == Kind.PREEMPTION:
             counts["preemptions"] += 1
-        elif ev.kind == "failure":
+        elif ev.kind == Kind.FAILURE:
             kind = ev.payload.get("failure_kind")
             if kind == FailureKind.STORAGE_TRANSIENT.value:
                 counts["storage"] += 1
@@ -29,17 +29,10 @@ def count_budgets(events: list[Any]) -> dict[str, int]:
     return counts
 
 
-def ray_raise_payload(events: list[Any]) -> dict[str, Any] | None:
-    """The payload of a RAISE decided by Ray's controller in the latest attempt, if any.
-
-    ``events`` are the run's ``attempt_start`` / ``failure`` / ``preemption`` events in order.
-    """
-    for ev in reversed(events):
-        if ev.kind == "attempt_start":
-            return None
-        if ev.payload.get("source") == "ray" and ev.payload.get("decision") == "RAISE":
-            return dict(ev.payload)
-    return None
+def ray_raise_payload(events: Any) -> dict[str, Any] | None:
+    """The payload of a RAISE decided by Ray's controller in the latest attempt, if any
+    (:func:`storage.events.ray_raise`; ``events``: the run record or its events)."""
+    return run_events.ray_raise(events)
 
 
 def verdict_from_ray(payload: dict[str, Any], failure: Classified) -> Verdict:
@@ -58,21 +51,21 @@ def verdict_from_ray(payload: dict[str, Any], failure: Classified) -> Verdict:
 
 def failure_event(
     attempt: int, failure: Classified, verdict: Verdict, last_committed_step: int | None
-) -> tuple[str, dict[str, Any]]:
-    """The ``preemption`` / ``failure`` event (kind, payload) recording a driver-side verdict."""
-    kind = "preemption" if failure.kind is FailureKind.PREEMPTION else "failure"
-    payload: dict[str, Any] = {
+) -> tuple[bool, InterruptionPayload]:
+    """(is a preemption, payload) of the event recording a driver-side verdict
+    (:func:`storage.events.write_interruption`)."""
+    payload: InterruptionPayload = {
         "attempt": attempt,
         "failure_kind": failure.kind.value,
         "message": failure.message,
         "decision": verdict.decision.value,
         "budget": verdict.budget,
-        "source": "driver",
+        "source": Source.DRIVER.value,
         "last_committed_step": last_committed_step,
     }
     if failure.user_traceback:
         payload["user_traceback"] = failure.user_traceback  # whole: the user needs all of it
-    return kind, payload
+    return failure.kind is FailureKind.PREEMPTION, payload
 
 
 def made_progress(from_step: int | None, latest_step: int | None) -> bool:

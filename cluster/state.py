@@ -1,6 +1,6 @@
 """The run's lifecycle: states, their payloads, allowed transitions, and their persistence.
 
-States are persisted as run-record events of kind ``"state"`` (payload: ``state`` plus the
+States are persisted as run-record ``state`` events (:mod:`storage.events`; payload: ``state`` plus the
 state's fields), so ``spotrain status`` and the next coordinator read them from storage alone.
 """
 
@@ -10,6 +10,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from storage import events
 from storage.errors import SpotrainError
 
 
@@ -156,13 +157,12 @@ def state_from_payload(payload: dict[str, Any]) -> State:
 
 
 def record_state(record: Any, state: State) -> None:
-    """Append a ``"state"`` event for ``state`` to a ``storage.run_record.RunRecord``."""
-    record.append_event("state", state=state.kind.value, **state.payload())
+    """Append a ``state`` event for ``state`` to a ``storage.run_record.RunRecord``."""
+    events.write_state(record, state.kind.value, state.payload())
 
 
 def last_state(record: Any) -> State | None:
-    """The latest persisted state of the run, or None for a run that never started."""
-    events = record.events(kinds=["state"])
-    if not events:
-        return None
-    return state_from_payload(dict(events[-1].payload))
+    """The run's current persisted state (:func:`storage.events.last_state`: the newest
+    generation's last state event, never ordered by clock), or None for a run never started."""
+    payload = events.last_state(record)
+    return None if payload is None else state_from_payload(payload)

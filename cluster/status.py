@@ -1,6 +1,7 @@
 """``spotrain status``: the run's state and progress, read from storage alone (no Ray, no TF).
 
-Sources, all written through ``storage``:
+Sources, all written and queried through :mod:`storage.events` (log order: generation, then
+each writer's sequence; never a clock):
 - ``state`` events (cluster.state) -> state;
 - ``attempt_start`` / ``preemption`` / ``failure`` / ``restore`` events -> attempts,
   preemptions, lost steps;
@@ -10,7 +11,8 @@ Sources, all written through ``storage``:
   the metrics history plotted by ``--plot``.
 
 Lost steps: for each restore, the steps between the restored step and the furthest step
-reached before it (as last reported) had to be recomputed.
+reached before it (as last reported; by earlier attempts when the restore names its attempt)
+had to be recomputed.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from storage import events as run_events
+from storage.events import Kind
 
 if TYPE_CHECKING:
     from storage.location import RunLocation
@@ -201,31 +206,6 @@ def _history_from_state(state: dict[str, Any]) -> list[MetricPoint]:
     return points
 
 
-def interruptions(events: list[Any]) -> list[Any]:
-    """One ``preemption`` / ``failure`` event per interrupted attempt.
-
-    An interruption can be recorded several times (the trainer's ``preemption`` event after
-    its emergency commit, Ray's controller decision, the driver's SIGTERM record); attempts are
-    delimited by ``attempt_start`` events, and within one a preemption wins over a failure.
-    """
-    out: list[Any] = []
-    segment: list[Any] = []
-
-    def flush() -> None:
-        if segment:
-            pre = [e for e in segment if e.kind == "preemption"]
-            out.append((pre or segment)[0])
-            segment.clear()
-
-    for ev in events:
-        if ev.kind == "attempt_start":
-            flush()
-        elif ev.kind in ("preemption", "failure"):
-            segment.append(ev)
-    flush()
-    return out
-
-
 def collect_status(location: RunLocation) -> StatusReport:
     """Build the report from the run record and the checkpoints (read-only).
 
@@ -257,27 +237,25 @@ def build_report(
 ) -> StatusReport:
     """Pure function of the stored facts (unit-testable without storage)."""
     spec = (doc or {}).get("spec", {}) if doc else {}
-    states = [e for e in events if e.kind == "state"]
-    state = (
-        states[-1].payload.get("state", "UNKNOWN") if states else ("PENDING" if doc else "UNKNOWN")
-    )
+    current = run_events.last_state(events)
+    state = current.get("state", "UNKNOWN") if current else ("PENDING" if doc else "UNKNOWN")
     rep = StatusReport(run_url=run_url, name=spec.get("name"), state=state)
     rep.epochs = _int(spec.get("epochs"))
-    rep.attempts = sum(1 for e in events if e.kind == "attempt_start")
-    counted = interruptions(events)
-    rep.preemptions = sum(1 for e in counted if e.kind == "preemption")
-    rep.failures = sum(1 for e in counted if e.kind == "failure")
+    rep.attempts = run_events.attempts(events)
+    counted = run_events.interruptions(events)
+    rep.preemptions = sum(1 for e in counted if e.kind == Kind.PREEMPTION)
+    rep.failures = sum(1 for e in counted if e.kind == Kind.FAILURE)
     counted_ids = {id(e) for e in counted}
-    if states and state == "FAILED":
-        rep.message = str(states[-1].payload.get("message", ""))
-        rep.user_traceback = str(states[-1].payload.get("user_traceback", ""))
+    if current and state == "FAILED":
+        rep.message = str(current.get("message", ""))
+        rep.user_traceback = str(current.get("user_traceback", ""))
     rep.updated = events[-1].time if events else None
 
     # Metrics history: events first (per attempt, with times), else the trainer's state.
     reached = -1  # furthest global step known so far, for lost-step accounting
     for ev in events:
         p = ev.payload
-        if ev.kind == "metrics":
+        if ev.kind == Kind.METRICS:
             gs = _int(p.get("global_step"))
             if gs is None:
                 continue
@@ -297,7 +275,7 @@ def build_report(
             reached = max(reached, gs)
             rep.total_steps = _int(p.get("total_steps")) or rep.total_steps
             rep.steps_per_epoch = _int(p.get("steps_per_epoch")) or rep.steps_per_epoch
-        elif ev.kind in ("preemption", "failure"):
+        elif ev.kind in (Kind.PREEMPTION, Kind.FAILURE):
             gs = _int(p.get("global_step", p.get("step")))
             if gs is not None:
                 reached = max(reached, gs)
@@ -311,16 +289,20 @@ def build_report(
                     str(p.get("failure_kind") or p.get("source") or ""),
                 )
             )
-        elif ev.kind == "checkpoint_commit":
+        elif ev.kind == Kind.CHECKPOINT_COMMIT:
             gs = _int(p.get("global_step", p.get("step")))
             if gs is not None:
                 reached = max(reached, gs)
-        elif ev.kind == "restore":
+        elif ev.kind == Kind.RESTORE:
             gs = _int(p.get("global_step", p.get("step")))
             if gs is not None:
-                rep.lost_steps += max(0, reached - gs)
+                # Writers interleave only causally: with its attempt, the steps reached before
+                # a restore are those of earlier attempts, whatever the order of the events.
+                attempt = run_events.attempt_of(ev)
+                before = None if attempt is None else run_events.reached_before(events, attempt)
+                rep.lost_steps += max(0, (reached if before is None else before) - gs)
                 reached = gs
-            rep.markers.append(Marker("restore", ev.time, gs, f"step {gs}"))
+            rep.markers.append(Marker(Kind.RESTORE.value, ev.time, gs, f"step {gs}"))
 
     if latest is not None:
         st = dict(latest.state or {})

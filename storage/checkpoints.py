@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 from fsspec.spec import AbstractFileSystem
 
-from storage import commit_protocol
+from storage import commit_protocol, events
 from storage.constants import (
     DEFAULT_HASH_BLOCK_BYTES,
     DEFAULT_SWEEP_MIN_AGE_S,
@@ -53,6 +53,7 @@ from storage.errors import (
     CorruptCheckpointError,
     NoValidCheckpointError,
     SpotrainError,
+    StaleWriterError,
 )
 from storage.fencing import Fence
 from storage.location import RunLocation, validate_step
@@ -159,13 +160,15 @@ class CheckpointStore:
         if self.fence is not None:
             self.fence.check(what)
 
-    def _event(self, kind: str, **payload: Any) -> None:
+    def _event(self, write: Callable[..., Any], **payload: Any) -> None:
         if not self.options.record_events:
             return
         try:
-            self.record.append_event(kind, **payload)
+            write(self.record, **payload)
+        except StaleWriterError:  # a stale writer stops, it does not log and go on
+            raise
         except SpotrainError as exc:  # the event log must never break a commit or a restore
-            logger.warning("[run=%s] could not record %s event: %s", self.url, kind, exc)
+            logger.warning("[run=%s] could not record an event (%s): %s", self.url, write, exc)
 
     def _rm(self, path: str, recursive: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -302,7 +305,7 @@ class CheckpointStore:
                     s,
                     reason,
                 )
-                self._event("checkpoint_corrupt", step=s, reason=reason)
+                self._event(events.write_checkpoint_corrupt, step=s, reason=reason)
         raise NoValidCheckpointError(
             f"no valid checkpoint in {self.url}: steps {tried} are all corrupt; fix: inspect "
             "the checkpoints (spotrain checkpoints RUN_URL) or start the run from scratch",

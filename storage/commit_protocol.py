@@ -36,6 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from storage import events
 from storage.errors import CorruptCheckpointError, SpotrainError
 from storage.lease_backends import backend_for
 from storage.manifest import FileEntry, Manifest
@@ -179,7 +180,7 @@ def report_commit(store: CheckpointStore, manifest: Manifest, elapsed: float) ->
         mib / elapsed if elapsed > 0 else 0.0,
     )
     store._event(
-        "checkpoint_commit",
+        events.write_checkpoint_commit,
         step=manifest.step,
         files=len(manifest.files),
         bytes=manifest.total_bytes,

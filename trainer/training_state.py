@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from storage import events
 from storage.checkpoints import CheckpointStore
 from storage.committer import AsyncCommitter
 from storage.errors import SpotrainError, StaleWriterError
@@ -90,6 +91,7 @@ class WorkerTrainingState:
         self._spe = 0
         self._global_step = 0
         self._last_boundary = 0
+        self._attempt_no: int | None = None
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -150,6 +152,15 @@ class WorkerTrainingState:
     def log_prefix(self) -> str:
         return f"[run={self.store.url} rank={self.worker.rank} step={self._global_step}]"
 
+    def _attempt(self) -> events.AttemptNumber:
+        """``{"attempt": n}``: the attempt this worker runs in, as the run record has it (the
+        latest ``attempt_start``, written before the workers start), read once; {} if none."""
+        if self._attempt_no is None:
+            self._attempt_no = 0
+            with events.best_effort():
+                self._attempt_no = events.current_attempt(self.store.record)
+        return {"attempt": self._attempt_no} if self._attempt_no else {}
+
     # ------------------------------------------------------------------ restore
     def restore(self, model: tf.keras.Model) -> dict[str, Any] | None:
         """Restore the newest valid committed state into ``model`` (idempotent, a collective:
@@ -188,9 +199,10 @@ class WorkerTrainingState:
                 self.initial_step,
             )
             if self.worker.is_chief:
-                with contextlib.suppress(SpotrainError):
-                    self.store.record.append_event(
-                        "restore",
+                with events.best_effort():
+                    events.write_restore(
+                        self.store.record,
+                        self.worker.phase_times,
                         step=self.initial_global_step,
                         epoch=self.initial_epoch,
                         step_in_epoch=self.initial_step,
@@ -198,8 +210,10 @@ class WorkerTrainingState:
                         saved_by_world_size=state.get("world_size"),
                         seconds=round(time.perf_counter() - started, 3),
                         started_at=started_at,
-                        **{f"{k}_at": v for k, v in self.worker.phase_times.items()},
+                        **self._attempt(),
                     )
+        if self.worker.is_chief:
+            self._attempt()  # read now: an emergency save later has a deadline
         self._global_step = self._last_boundary = self.initial_global_step
         return state
 
@@ -324,8 +338,8 @@ class WorkerTrainingState:
         """Save for a preemption: wait for the commit, record a ``preemption`` event."""
         self.save(g, epoch, step, finished=False, wait=True)
         if self.worker.is_chief:
-            with contextlib.suppress(SpotrainError):
-                self.store.record.append_event("preemption", step=g, reason=reason)
+            with events.best_effort():
+                events.write_preemption(self.store.record, step=g, reason=reason, **self._attempt())
         logger.warning("%s preempted (%s): state committed, stopping", self.log_prefix(), reason)
 
     def finish(self, delete_checkpoints: bool) -> None:

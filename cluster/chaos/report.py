@@ -1,7 +1,8 @@
 """The final report of ``spotrain emulate``: what each fault cost, from the run record.
 
 Every figure comes from two clocks that agree (unix time): when the emulator injected a fault,
-and the events the driver and the workers wrote to the run record. For each fault:
+and the events the driver and the workers wrote to the run record. These are durations measured
+across machines (``Event.time``), not the record's order (:mod:`storage.events`). For each fault:
 
 - detection: fault -> the first ``failure`` / ``preemption`` / ``attempt_end`` event after it
   (for kill-driver: the next driver start, which is when anything can notice);
@@ -23,8 +24,10 @@ from typing import Any
 
 from cluster.chaos.emulator import EmulationResult, InjectedFault
 from cluster.chaos.schedule import FaultKind
+from storage.events import Kind
 
-DETECTION_KINDS = ("failure", "preemption", "attempt_end")
+DETECTION_KINDS = (Kind.FAILURE, Kind.PREEMPTION, Kind.ATTEMPT_END)
+_STEP_KINDS = (Kind.METRICS, Kind.CHECKPOINT_COMMIT, Kind.PREEMPTION, Kind.RESTORE)
 
 
 @dataclass(frozen=True)
@@ -58,12 +61,12 @@ def fault_costs(result: EmulationResult, events: list[Any]) -> list[FaultCost]:
 def _cost(injected: InjectedFault, result: EmulationResult, events: list[Any]) -> FaultCost:
     after = [e for e in events if e.time >= injected.wall_time]
     if injected.fault.kind is FaultKind.KILL_DRIVER:
-        detected = next((e.time for e in after if e.kind == "attempt_start"), None)
+        detected = next((e.time for e in after if e.kind == Kind.ATTEMPT_START), None)
     else:
         detected = next((e.time for e in after if e.kind in DETECTION_KINDS), None)
     if detected is None:
         return FaultCost(injected)
-    restore = next((e for e in after if e.kind == "restore" and e.time >= detected), None)
+    restore = next((e for e in after if e.kind == Kind.RESTORE and e.time >= detected), None)
     reached = _step_at(injected.wall_time, events)
     lost = None
     if restore is not None and reached is not None:
@@ -98,8 +101,10 @@ def _step_at(when: float, events: list[Any]) -> int | None:
     rate (first to last commit since it started), while the attempt was still training."""
     before = [e for e in events if e.time < when]
     furthest = _furthest_step(before)
-    start = max((e.time for e in before if e.kind in ("attempt_start", "restore")), default=0.0)
-    commits = [e for e in before if e.kind == "checkpoint_commit" and e.time >= start]
+    start = max(
+        (e.time for e in before if e.kind in (Kind.ATTEMPT_START, Kind.RESTORE)), default=0.0
+    )
+    commits = [e for e in before if e.kind == Kind.CHECKPOINT_COMMIT and e.time >= start]
     if furthest is None or len(commits) < 2:
         return furthest
     first, last = commits[0], commits[-1]
@@ -121,7 +126,7 @@ def _furthest_step(events: Any) -> int | None:
     furthest = None
     for e in events:
         step = e.payload.get("global_step", e.payload.get("step"))
-        if e.kind in ("metrics", "checkpoint_commit", "preemption", "restore") and step is not None:
+        if e.kind in _STEP_KINDS and step is not None:
             furthest = max(int(step), furthest or 0)
     return furthest
 

@@ -30,6 +30,8 @@ from ray.train.v2.api.callback import UserCallback
 from cluster import constants
 from cluster.failure_policy import Decision, FailureKind, FailurePolicy, FailurePolicyOptions
 from cluster.ray.internals import FailureDecision, RayFailurePolicy
+from storage import events as run_events
+from storage.events import InterruptionPayload, Source
 from storage.fencing import Fence
 from storage.location import RunLocation
 from storage.run_record import RunRecord
@@ -45,12 +47,6 @@ def _record(location: RunLocation, generation: int | None) -> RunRecord:
     """The run record, fenced by ``generation`` when the coordinator passed one."""
     fence = None if generation is None else Fence(location, generation)
     return RunRecord(location, fence=fence)
-
-
-def _driver_stopping(rec: Any) -> bool:
-    """True when the driver recorded ``stop_requested`` after the latest attempt started."""
-    evs = rec.events(kinds=["stop_requested", "attempt_start"])
-    return bool(evs) and evs[-1].kind == "stop_requested"
 
 
 class SpotrainRayFailurePolicy(RayFailurePolicy):
@@ -75,13 +71,13 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
     def make_decision(self, training_failed_error: Any) -> FailureDecision:
         verdict = self.policy.decide(training_failed_error)
         last = _LAST_REPORT.get(self.run_url, {})
-        payload = {
+        payload: InterruptionPayload = {
             "attempt": self.attempt,
             "failure_kind": verdict.failure.kind.value,
             "message": self.record.loc.redact(verdict.failure.message),
             "decision": verdict.decision.value,
             "budget": verdict.budget,
-            "source": "ray",
+            "source": Source.RAY.value,
             "global_step": last.get("global_step"),
             "last_committed_step": last.get("last_committed_step"),
         }
@@ -89,17 +85,17 @@ class SpotrainRayFailurePolicy(RayFailurePolicy):
             payload["user_traceback"] = self.record.loc.redact(verdict.failure.user_traceback)
         try:
             rec = self.record
-            if verdict.restart and _driver_stopping(rec):
+            if verdict.restart and run_events.stop_requested(rec):
                 # The driver asked for this save (SIGTERM) and is exiting: no restart.
                 verdict = replace(verdict, decision=Decision.RAISE)
                 payload["decision"] = "STOP"
-            kind = "preemption" if verdict.failure.kind is FailureKind.PREEMPTION else "failure"
-            rec.append_event(kind, **payload)
+            preemption = verdict.failure.kind is FailureKind.PREEMPTION
+            run_events.write_interruption(rec, preemption, payload)
             if verdict.restart:
                 self.attempt += 1
                 _ATTEMPT[self.run_url] = self.attempt
                 self.policy.log_prefix = f"[run={self.run_url} attempt={self.attempt}] "
-                rec.append_event("attempt_start", attempt=self.attempt, source="ray")
+                run_events.write_attempt_start(rec, attempt=self.attempt, source=Source.RAY.value)
         except Exception:  # process boundary: a failing record write must not kill the controller
             logger.exception("could not record the failure decision in the run record")
         # No backoff sleep here: the controller's loop is async and Ray restarts the worker
@@ -147,6 +143,6 @@ class MetricsEventCallback(UserCallback):
         }
         payload.setdefault("attempt", _ATTEMPT.get(self.run_url, self.attempt))
         try:
-            self.record.append_event("metrics", **payload)
+            run_events.write_metrics(self.record, payload)
         except Exception:  # process boundary: metrics are best effort
             logger.warning("could not write a metrics event", exc_info=True)

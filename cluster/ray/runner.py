@@ -246,7 +246,9 @@ class RayAttemptRunner:
         Done when the trainer records its ``preemption`` event (written after its commit), when
         the attempt ends, or after ``sigterm_grace_s``.
         """
+        from storage import events as run_events
         from storage.checkpoints import CheckpointStore
+        from storage.events import Kind, Source
         from storage.fencing import Fence
         from storage.run_record import RunRecord
 
@@ -265,7 +267,15 @@ class RayAttemptRunner:
                 before,
             )
             return
-        record.append_event("stop_requested", attempt=ctx.attempt, source="driver_sigterm")
+        # The attempt as recorded (Ray's controller may have restarted the workers since the
+        # driver started it); the trainer's saves already there are not this stop's.
+        evs = run_events.of_kind(record, Kind.PREEMPTION, Kind.ATTEMPT_START)
+        saved_before = {e.name for e in run_events.emergency_saves(evs)}
+        run_events.write_stop_requested(
+            record,
+            attempt=max(ctx.attempt, run_events.current_attempt(evs)),
+            source=Source.DRIVER_SIGTERM.value,
+        )
         try:
             self._drain_local_node(grace)
         except Exception:  # process boundary: fall back to the last commit
@@ -275,11 +285,7 @@ class RayAttemptRunner:
             return
         logger.warning("SIGTERM: asked the workers to save; waiting up to %.0fs", grace)
         while time.time() < asked + grace and thread.is_alive():
-            saved = [
-                e
-                for e in record.events(kinds=["preemption"])
-                if e.time >= asked - 1 and "source" not in e.payload
-            ]
+            saved = [e for e in run_events.emergency_saves(record) if e.name not in saved_before]
             if saved:
                 logger.warning(
                     "emergency checkpoint committed at step %s", saved[-1].payload.get("step")

@@ -174,6 +174,9 @@ class SeaweedServer:
             "-s3",
             f"-s3.port={s3}",
             f"-s3.port.grpc={s3_grpc}",
+            # fixed default ports (8181, 9101): a second server on the host dies binding them
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-s3.config={config_path}",
         ]
         log_file = open(log_path, "wb")  # noqa: SIM115 - closed in stop()

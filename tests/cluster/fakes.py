@@ -9,6 +9,7 @@ from typing import Any
 
 from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
+from storage import events
 from storage.checkpoints import CheckpointStore
 from storage.location import RunLocation
 from storage.run_record import RunRecord
@@ -52,15 +53,17 @@ class FakeRunner:
         if ctx.attempt > 1:
             latest = CheckpointStore(ctx.location).latest()
             if latest is not None:
-                rec.append_event("restore", step=latest.step)
+                events.write_restore(rec, {}, step=latest.step, attempt=ctx.attempt)
         for s in steps:
             commit(ctx.location, s)
-            rec.append_event(
-                "metrics",
-                global_step=s,
-                epoch=s // STEPS_PER_EPOCH,
-                loss=1.0 / (s + 1),
-                attempt=ctx.attempt,
+            events.write_metrics(
+                rec,
+                {
+                    "global_step": s,
+                    "epoch": s // STEPS_PER_EPOCH,
+                    "loss": 1.0 / (s + 1),
+                    "attempt": ctx.attempt,
+                },
             )
         if outcome is None:
             total = STEPS_PER_EPOCH * self.epochs

@@ -9,9 +9,7 @@ T0 = 1_000_000.0
 
 
 def _event(kind: str, at: float, **payload: object) -> Event:
-    return Event(
-        seq=f"{int((T0 + at) * 1e9):020d}-00000000", kind=kind, time=T0 + at, payload=payload
-    )
+    return Event(seq=int(at * 1000), kind=kind, time=T0 + at, payload=payload)
 
 
 def _result(*faults: InjectedFault) -> EmulationResult:

@@ -1,4 +1,5 @@
-"""RunRecord: run.json, events (one object each, ordered, unique across writers)."""
+"""RunRecord: run.json, events (one object each, ordered, unique across writers). Order without
+clocks, fencing and atomic writes: test_storage_events.py."""
 
 from __future__ import annotations
 
@@ -84,4 +85,6 @@ def test_concurrent_writers_processes(run_url: str, storage_options: dict, tmp_p
     ]
     assert [p.wait(60) for p in procs] == [0, 0]
     evs = RunRecord(run_url, storage_options).events()
-    assert len(evs) == 10 and len({e.seq for e in evs}) == 10
+    assert len(evs) == 10 and len({e.name for e in evs}) == 10 and len({e.writer for e in evs}) == 2
+    for p in ("0", "1"):  # each writer's own events stay in its order (its sequence)
+        assert [e.payload["n"] for e in evs if e.payload["p"] == p] == list(range(5))
