@@ -11,14 +11,22 @@ from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from storage import events
 from storage.checkpoints import CheckpointStore
+from storage.fencing import Fence
 from storage.location import RunLocation
 from storage.run_record import RunRecord
 
 STEPS_PER_EPOCH = 10
 
 
-def commit(run: str | RunLocation, step: int, *, finished: bool = False, epochs: int = 2) -> None:
-    store = CheckpointStore(run)
+def commit(
+    run: str | RunLocation,
+    step: int,
+    *,
+    finished: bool = False,
+    epochs: int = 2,
+    fence: Fence | None = None,
+) -> None:
+    store = CheckpointStore(run, fence=fence)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "ckpt.index").write_bytes(b"x" * (step + 1))
         store.commit(
@@ -49,13 +57,16 @@ class FakeRunner:
     def run(self, ctx: AttemptContext) -> AttemptResult:
         self.calls.append(ctx)
         steps, outcome = self.script.pop(0)
-        rec = RunRecord(ctx.location)
+        # like the Ray runner's workers: they write under the attempt's lease generation
+        gen = ctx.lease_generation
+        fence = None if gen is None else Fence(ctx.location, gen)
+        rec = RunRecord(ctx.location, fence=fence)
         if ctx.attempt > 1:
             latest = CheckpointStore(ctx.location).latest()
             if latest is not None:
                 events.write_restore(rec, {}, step=latest.step, attempt=ctx.attempt)
         for s in steps:
-            commit(ctx.location, s)
+            commit(ctx.location, s, fence=fence)
             events.write_metrics(
                 rec,
                 {
@@ -67,7 +78,7 @@ class FakeRunner:
             )
         if outcome is None:
             total = STEPS_PER_EPOCH * self.epochs
-            commit(ctx.location, total, finished=True)
+            commit(ctx.location, total, finished=True, fence=fence)
             return AttemptResult(global_step=total)
         if outcome == "stop":
             ctx.stop.wait(5)

@@ -15,8 +15,10 @@ from cluster.errors import SpecError
 from cluster.failure_policy import FailureKind, FailurePolicy, classify
 from cluster.spec import parse_spec
 from cluster.state import RunState
+from storage.checkpoints import CheckpointStore
 from storage.errors import NoValidCheckpointError
 from storage.location import RunLocation
+from storage.run_record import RunRecord
 from tests.fakes import corrupt_file
 from trainer.errors import ModelMismatchError
 
@@ -142,7 +144,8 @@ def test_finished_shortcut_verifies_the_final_checkpoint(tmp_path: Path) -> None
     c = _coordinator(tmp_path, runner)
     commit(c.location, 10)
     commit(c.location, 20, finished=True)
-    corrupt_file(c.location.fs, c.location.step_dir(20) + "/ckpt.index")
+    final = CheckpointStore(c.location).manifest(20)
+    corrupt_file(c.location.fs, f"{c.location.step_dir(20)}/{final.file_path('ckpt.index')}")
     c.start()
     c.run()
     c.close()
@@ -160,15 +163,18 @@ def test_finished_shortcut_with_a_good_final_checkpoint_succeeds_at_once(tmp_pat
     assert c.state.kind is RunState.SUCCEEDED and runner.calls == []
 
 
-def test_lease_released_when_start_up_fails_after_taking_it(tmp_path: Path) -> None:
+def test_lease_released_when_start_up_fails_after_taking_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = _coordinator(tmp_path, FakeRunner([]))
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk went away")
 
-    c.record.append_event = broken  # type: ignore[method-assign]
-    with pytest.raises(OSError):
-        c.start()
+    with monkeypatch.context() as patch:  # the first event after the lease was taken fails
+        patch.setattr(RunRecord, "append_event", broken)
+        with pytest.raises(OSError):
+            c.start()
     again = _coordinator(tmp_path, FakeRunner([]))
     assert again.start().kind is RunState.PENDING  # not LeaseHeldError
     again.close()
