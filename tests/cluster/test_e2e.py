@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from cluster.constants import DEFAULT_SIGTERM_GRACE_S
+from storage.location import RunLocation
+from storage.run_record import RunRecord
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -68,7 +70,8 @@ def status(project: Path, target: str) -> dict[str, Any]:
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((run_dir / "events").iterdir())]
+    """The run's events in the record's order (read as spotrain reads them)."""
+    return [e.to_dict() for e in RunRecord(RunLocation.from_url(str(run_dir))).events()]
 
 
 def weights_digest(project: Path, model_path: Path) -> str:

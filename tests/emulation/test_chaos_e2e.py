@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from storage.location import RunLocation
+from storage.run_record import RunRecord
 from trainer.verify import committed_tensors, differing_tensors
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -69,8 +70,8 @@ def reference(references) -> dict[str, Any]:
 
 
 def _events(run_url: str) -> list[dict[str, Any]]:
-    d = Path(run_url[len("file://") :]) / "events"
-    return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
+    """The run's events in the record's order (read as spotrain reads them)."""
+    return [e.to_dict() for e in RunRecord(RunLocation.from_url(run_url)).events()]
 
 
 def _emulate(
@@ -124,11 +125,13 @@ def _check_run(report: dict[str, Any], run_url: str, reference: dict[str, Any]) 
 
 
 def _noticed_preemptions_lost_nothing(events: list[dict[str, Any]]) -> None:
-    noticed = [e for e in events if e["kind"] == "preemption" and "step" in e["payload"]]
+    noticed = [
+        i for i, e in enumerate(events) if e["kind"] == "preemption" and "step" in e["payload"]
+    ]
     assert noticed, "no preemption notice reached the workers"
-    for notice in noticed:
-        after = [e for e in events if e["seq"] > notice["seq"] and e["kind"] == "restore"]
-        assert after and after[0]["payload"]["step"] == notice["payload"]["step"]
+    for i in noticed:
+        after = [e for e in events[i + 1 :] if e["kind"] == "restore"]
+        assert after and after[0]["payload"]["step"] == events[i]["payload"]["step"]
 
 
 def test_kill_worker(tmp_path, reference):

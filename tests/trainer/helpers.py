@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+from storage.location import RunLocation
+from storage.run_record import RunRecord
+
 REPO = Path(__file__).resolve().parents[2]
 TOY = "tests/trainer/toy_job.py"
 
@@ -100,7 +103,6 @@ def history_of(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def events(run_url: str, kind: str) -> list[dict[str, Any]]:
-    d = run_dir(run_url) / "events"
-    if not d.exists():
-        return []
-    return [json.loads(p.read_text()) for p in sorted(d.glob(f"*-{kind}.json"))]
+    """The run's ``kind`` events in the record's order (read as spotrain reads them)."""
+    record = RunRecord(RunLocation.from_url(run_url))
+    return [e.to_dict() for e in record.events(kinds=[kind])]
