@@ -264,12 +264,15 @@ def test_a_retry_in_the_same_process_ends_bitwise_equal(
     where = Where()
     _fit(model, [where, cbk])
     assert where.steps[0] == (4, 0)  # after the end of epoch 3
+    assert [e["epoch"] for e in cbk.history] == [0, 1, 2, 3, 4]  # the failed epochs' ends too
     _assert_equal(_state(model), _reference(run_eagerly))
 
 
-def test_a_new_callback_on_the_same_model_after_a_mid_epoch_stop(tmp_path: Path) -> None:
+def test_a_new_callback_on_the_same_model_after_a_mid_epoch_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """The compiled metrics exist at the second restore but (before) not at the first save:
-    the restore must not fail, and the epoch's metric totals continue."""
+    the restore must not fail, and the epoch's metric totals continue (they were saved)."""
     url = str(tmp_path / "backup")
     model = _model()
     model.compile(tf.keras.optimizers.Adam(0.01), "mse", metrics=["mae"])
@@ -279,6 +282,7 @@ def test_a_new_callback_on_the_same_model_after_a_mid_epoch_stop(tmp_path: Path)
     history = _fit(model, [BackupAndRestore(url, save_freq=2), where])
     assert where.steps[0] == (1, 2)  # the last save, global step 8 = epoch 1, step 2
     assert set(history.history) == {"loss", "mae"}
+    assert "metric totals were not saved" not in caplog.text
 
 
 def test_unknown_steps_per_epoch_names_what_to_pass(tmp_path: Path) -> None:
