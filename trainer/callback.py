@@ -6,15 +6,20 @@ This module is the Keras hook glue only; the state it restores and saves is a
 :class:`trainer.training_state.WorkerTrainingState` (the split tf-keras makes between its
 ``BackupAndRestore`` and ``WorkerTrainingState``).
 
-Save points are step boundaries, taken when everything of the previous step has run (all
-callbacks' ``on_train_batch_end`` / ``on_epoch_end``): mid-epoch in ``on_train_batch_begin``,
-at an epoch end in the next ``on_epoch_begin``, the last one in ``on_train_end``. So the order
-of callbacks in the list does not matter. At a boundary the ranks poll for a preemption notice
-(SIGTERM, Ray's drain notice) every ``preemption_poll_steps``; on one, they save, wait for the
-commit and stop with :class:`PreemptedError`.
+Save points are step boundaries, taken when everything of the previous step has run: right
+after every callback's ``on_train_batch_end`` / ``on_epoch_end`` returned (spotrain wraps fit's
+CallbackList for that, :func:`trainer.keras_hooks.guard_hooks`; without it, at the next
+``on_train_batch_begin`` / ``on_epoch_begin``), the last one in ``on_train_end``. So the order
+of callbacks in the list does not matter. When a callback raises in one of those end hooks,
+the boundary the step reached is saved (as far as the callbacks ran) and the commit awaited
+before the exception goes on: a retry continues after that step or epoch, as with tf-keras.
+At a boundary the ranks poll for a preemption notice (SIGTERM, Ray's drain notice) every
+``preemption_poll_steps``; on one, they save, wait for the commit and stop with
+:class:`PreemptedError`.
 
 Restore (``restore()``, called by the trainer before it builds the input, else at train
-begin): see :mod:`trainer.restore`.
+begin; again at the start of every later ``fit`` with the same instance): see
+:mod:`trainer.restore`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from storage.checkpoints import CheckpointStore
+from storage.errors import SpotrainError
 from trainer import (
     env,  # noqa: F401
     keras_hooks,
@@ -52,17 +58,54 @@ logger = logging.getLogger(__name__)
 
 
 class BackupAndRestore(tf.keras.callbacks.Callback):
-    """Exact, preemption-safe backup to any fsspec URL.
+    """Exact, preemption-safe backup to any fsspec URL; a drop-in for
+    ``tf.keras.callbacks.BackupAndRestore`` in your own ``fit``.
 
     Args (as tf.keras.callbacks.BackupAndRestore):
       backup_dir: the run URL (``file://``, ``s3://``, ``memory://``, a local path...).
-      save_freq: ``"epoch"`` or an int N: save every N global steps (in addition to epoch ends
-        when ``options.save_at_epoch_end``).
-      delete_checkpoint: delete the run's checkpoints when training finishes (the spotrain
-        trainer passes False: the final checkpoint is the run's result).
+      save_freq: ``"epoch"``, an int N: save every N global steps (in addition to epoch ends
+        when ``options.save_at_epoch_end``), or False with ``save_before_preemption=True``.
+        Stricter than tf-keras: ``"batch"`` or a float are refused.
+      delete_checkpoint: when a fit finishes, delete the backup (the dir is left empty; the
+        spotrain trainer passes False: the final checkpoint is the run's result).
       save_before_preemption: poll for preemption every step (when preemption_poll_steps is 0).
     Keyword-only: ``options`` (BackupOptions) or any BackupOptions field; ``worker`` (rank,
     world size, Ray calls), ``store`` (a CheckpointStore, for tests).
+
+    Example, plain Keras (``import trainer.callback`` before TensorFlow: it sets
+    ``TF_USE_LEGACY_KERAS=1``); the retry resumes after the last saved epoch, with the same
+    or a new callback, the same or a recompiled optimizer::
+
+        import numpy as np
+        from trainer.callback import BackupAndRestore
+        import tensorflow as tf
+
+        class Interrupt(tf.keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 4:
+                    raise RuntimeError("interrupted")
+
+        backup = BackupAndRestore(
+            "s3://my-bucket/backups/run-1",  # or file://, gs://, memory://, a path
+            storage_options={"endpoint_url": "http://127.0.0.1:8333"},  # fsspec (s3fs) options
+        )
+        model = tf.keras.Sequential([tf.keras.layers.Dense(10)])
+        model.compile(tf.keras.optimizers.SGD(), loss="mse")
+        x, y = np.arange(100.0).reshape(5, 20) / 100, np.zeros((5, 10))
+        try:
+            model.fit(x, y, epochs=10, batch_size=1, callbacks=[backup, Interrupt()])
+        except RuntimeError:
+            history = model.fit(x, y, epochs=10, batch_size=1, callbacks=[backup])
+        assert len(history.history["loss"]) == 5  # epochs 5..9
+
+    Differences from tf-keras: spotrain needs the steps per epoch (pass ``steps_per_epoch`` to
+    ``fit`` when the input's length is unknown); a mid-epoch resume in a plain ``fit`` starts
+    the epoch's data from its beginning, as tf-keras does (the spotrain trainer's managed
+    input resumes at the exact example). The on-disk layout is spotrain's own:
+    ``<backup_dir>/checkpoints/<step:012d>/`` holds ``ckpt.*``, a ``tf.train.Checkpoint`` of
+    ``model=``, ``optimizer=`` and ``rng=`` (readable without spotrain:
+    ``tf.train.Checkpoint(model=model).read(prefix).expect_partial()``), ``ranks.*`` (per-rank
+    metric and batch-norm copies) and ``MANIFEST.json`` (the commit: files, checksums, state).
     """
 
     def __init__(
@@ -78,12 +121,14 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         **option_overrides: Any,
     ) -> None:
         super().__init__()
-        if save_freq != "epoch" and (
-            not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq <= 0
-        ):
+        if save_freq is False:
+            if not save_before_preemption:
+                raise ValueError("Either `save_freq` or `save_before_preemption` must be set.")
+        elif save_freq != "epoch" and (type(save_freq) is not int or save_freq <= 0):
             raise ValueError(
-                f"Invalid value for argument `save_freq`. Received: save_freq={save_freq}. "
-                "Expected either 'epoch' or an integer value > 0"
+                f"Invalid value for argument `save_freq`. Received: save_freq={save_freq!r}. "
+                "Expected either 'epoch', an integer value > 0 (save every N steps), or False "
+                "with save_before_preemption=True (spotrain refuses 'batch' and floats)"
             )
         known = {f.name for f in fields(BackupOptions)}
         bad = sorted(set(option_overrides) - known)
@@ -99,6 +144,9 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         self.flag = PreemptionFlag()
         self._supports_tf_logs = True
         self._first_epoch_begin = True
+        self._fits = 0  # fits begun with this instance: each later one restores again
+        self._guarded: Any = None  # the CallbackList whose end hooks are wrapped
+        self._epoch_logs: tuple[int, Any] = (-1, None)
 
     # ------------------------------------------------------------------ read-only views
     @property
@@ -152,22 +200,33 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         return 1 if self.save_before_preemption else 0
 
     def restore(self) -> dict[str, Any] | None:
-        """Restore the newest valid committed state into the model (idempotent, a collective:
-        every rank calls it). Returns the restored JSON state, or None for a fresh run."""
+        """Restore the newest valid committed state into the model (idempotent within one
+        fit, a collective: every rank calls it). Returns the restored JSON state, or None for
+        a fresh run."""
         return self.state.restore(self.model)
 
     # ------------------------------------------------------------------ keras hooks
     def on_train_begin(self, logs: Any = None) -> None:
-        others = keras_hooks.calling_callback_list(depth=2)
-        if others is None:
+        if self._fits:  # a later fit with this instance (a retry): restore again, afresh
+            self.close(wait=True)
+            self.state = WorkerTrainingState(
+                self.backup_dir, self.options, self.worker, store=self.state.store
+            )
+        self._fits += 1
+        owner = keras_hooks.calling_callback_list_object(depth=2)
+        if owner is None:
             logger.warning(
                 "BackupAndRestore could not see the other callbacks; their state is not saved"
             )
-            others = []
+        others = list(owner.callbacks) if owner is not None else []
         self.state.track_callbacks([cb for cb in others if cb is not self])
-        self.restore()
+        spec = self.options.element_spec
+        self.state.restore(self.model, spec if spec is not None else keras_hooks.fit_element_spec())
         self.state.start(int(self.params.get("steps") or 0) if self.params else 0)
         keras_hooks.install_resume_point(self.model, self.initial_epoch, self.initial_step)
+        if owner is not None:
+            keras_hooks.guard_hooks(owner, self._after_end_hook, self._on_end_hook_error)
+            self._guarded = owner
         self._first_epoch_begin = True
         if self._poll_steps:
             self.flag.install()
@@ -196,7 +255,53 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         self.state.end_batch(batch)
 
     def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+        self._epoch_logs = (epoch, logs)
         self.state.record_epoch(epoch, logs)
+
+    def _after_end_hook(self, hook: str, index: int, logs: Any) -> None:
+        """Every callback's end hook ran: the step boundary, unless training ends here (then
+        ``on_train_end`` saves the final state)."""
+        spe = self.state.steps_per_epoch
+        if self.model.stop_training:
+            return
+        if hook == "on_train_batch_end" and index + 1 < spe:
+            epoch = self.state.epoch
+            self._boundary(epoch * spe + index + 1, epoch, index + 1, epoch_end=False)
+        elif hook == "on_epoch_end" and index + 1 < int(self.params.get("epochs") or 0):
+            self._boundary((index + 1) * spe, index + 1, 0, epoch_end=True)
+
+    def _on_end_hook_error(self, hook: str, exc: BaseException, index: int, logs: Any) -> None:
+        """A callback raised in an end hook: save the boundary this step or epoch reached (the
+        collectives are those of the normal boundary), wait for the commit; fit re-raises."""
+        if isinstance(exc, tf.errors.OpError | SpotrainError) or not self.state.steps_per_epoch:
+            return  # infrastructure (a lost peer: no collectives now) or spotrain's own error
+        spe = self.state.steps_per_epoch
+        try:
+            if hook == "on_train_batch_end":
+                if index + 1 >= spe:
+                    return  # the epoch's last step: its validation and epoch end did not run
+                self.state.end_batch(index)
+                epoch = self.state.epoch
+                self._boundary(epoch * spe + index + 1, epoch, index + 1, epoch_end=False)
+            else:
+                if self._epoch_logs[0] != index:  # this callback came after the failing one
+                    self.state.record_epoch(index, logs)
+                g = (index + 1) * spe
+                final = self.model.stop_training or index + 1 >= int(self.params.get("epochs") or 0)
+                if not final:
+                    self._boundary(g, index + 1, 0, epoch_end=True)
+                elif self._periodic(g) or self._save_at_epoch_end:
+                    self.state.reach(g)
+                    self.state.save(g, index + 1, 0, finished=True, wait=False)
+            self.state.wait_for_commit()
+        except Exception as save_exc:  # the callback's exception goes on; this one is logged
+            logger.error(
+                "%s could not save after %s in %s: %s",
+                self.state.log_prefix(),
+                type(exc).__name__,
+                hook,
+                save_exc,
+            )
 
     def on_train_end(self, logs: Any = None) -> None:
         try:
@@ -212,6 +317,9 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
 
     def close(self, wait: bool = True) -> None:
         """Finish (or abandon) background uploads and undo process hooks. Idempotent."""
+        if self._guarded is not None:
+            keras_hooks.unguard_hooks(self._guarded)
+            self._guarded = None
         if self.model is not None:
             keras_hooks.remove_resume_point(self.model)
         self.flag.uninstall()
@@ -226,9 +334,11 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         if reason:
             self.state.emergency_save(g, epoch, step, reason)
             raise PreemptedError(g, reason)
-        periodic = isinstance(self.save_freq, int) and g % self.save_freq == 0
-        if periodic or (epoch_end and self._save_at_epoch_end):
+        if self._periodic(g) or (epoch_end and self._save_at_epoch_end):
             self.state.save(g, epoch, step, finished=False, wait=False)
+
+    def _periodic(self, g: int) -> bool:
+        return type(self.save_freq) is int and g % self.save_freq == 0
 
     def _poll(self, g: int) -> str:
         k = self._poll_steps

@@ -9,17 +9,26 @@
 2. ``CallbackList.on_train_begin`` calls each callback's ``on_train_begin`` from a frame whose
    ``self`` is the CallbackList: spotrain finds the other callbacks (EarlyStopping, History...)
    there to save and restore their state.
+   spotrain also wraps that CallbackList's ``on_train_batch_end`` / ``on_epoch_end`` (an
+   instance attribute, removed at the end) to act once every callback's end hook ran, or
+   one of them raised (:func:`guard_hooks`).
 3. A distributed dataset (``distribute_datasets_from_function``) is never re-iterated per epoch
    by ``DataHandler`` (``DatasetAdapter.should_recreate_iterator`` is False for it).
+4. ``Model.fit`` builds its ``data_handler`` before ``callbacks.on_train_begin()``: its
+   adapter's dataset gives the input's element spec (:func:`fit_element_spec`), from which an
+   unbuilt model and its compiled metrics are built before the restore.
+5. ``Model.fit`` assigns ``model._train_counter = 0`` before ``on_train_begin``; a restore
+   there sets it to the saved count (TensorBoard's batch-summary step).
 
 ``check_hooks()`` verifies 1 and 3 at run time and fails loudly if tf-keras changed;
-tests/trainer/test_trainer_keras_hooks.py pins all three.
+tests/trainer/test_trainer_keras_hooks.py pins all of them.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from trainer import env  # noqa: F401
@@ -91,12 +100,82 @@ def remove_resume_point(model: tf.keras.Model) -> None:
 
 def calling_callback_list(depth: int = 2) -> list[Any] | None:
     """The callbacks of the CallbackList that called the current callback method, or None."""
+    owner = calling_callback_list_object(depth + 1)
+    return None if owner is None else list(owner.callbacks)
+
+
+def calling_callback_list_object(depth: int = 2) -> Any:
+    """The CallbackList that called the current callback method, or None."""
     frame: Any = sys._getframe(depth)
     for _ in range(4):
         if frame is None:
             break
         owner = frame.f_locals.get("self")
         if isinstance(owner, tf.keras.callbacks.CallbackList):
-            return list(owner.callbacks)
+            return owner
         frame = frame.f_back
     return None
+
+
+def fit_element_spec(depth: int = 2) -> Any:
+    """The per-example element spec (``(x, y[, w])`` or ``x``, no batch dimension) of the
+    input of the ``Model.fit`` call that runs the current callback method, or None."""
+    frame: Any = sys._getframe(depth)
+    for _ in range(8):
+        if frame is None:
+            return None
+        handler = frame.f_locals.get("data_handler") if frame.f_code.co_name == "fit" else None
+        if handler is not None:
+            break
+        frame = frame.f_back
+    else:
+        return None
+    try:
+        spec = handler._adapter.get_dataset().element_spec
+    except (AttributeError, TypeError, ValueError):  # an adapter without a tf.data dataset
+        spec = getattr(getattr(handler, "_dataset", None), "element_spec", None)
+    if spec is None:
+        return None
+
+    def unbatch(s: Any) -> Any:
+        if isinstance(s, tf.TensorSpec) and s.shape.rank:
+            return tf.TensorSpec(s.shape[1:], s.dtype)
+        return s
+
+    return tf.nest.map_structure(unbatch, spec)
+
+
+#: CallbackList hooks :func:`guard_hooks` wraps
+GUARDED_HOOKS = ("on_train_batch_end", "on_epoch_end")
+
+
+def guard_hooks(
+    callback_list: Any,
+    after: Callable[[str, int, Any], None],
+    on_error: Callable[[str, BaseException, int, Any], None],
+) -> None:
+    """Wrap ``callback_list``'s :data:`GUARDED_HOOKS`: ``after(hook, index, logs)`` once every
+    callback's hook returned, ``on_error(hook, exc, index, logs)`` when one raised (the
+    exception is re-raised after it). Undo with :func:`unguard_hooks`."""
+    unguard_hooks(callback_list)
+    for hook in GUARDED_HOOKS:
+        original = getattr(callback_list, hook)
+
+        def guarded(
+            index: int, logs: Any = None, _hook: str = hook, _original: Any = original
+        ) -> None:
+            try:
+                _original(index, logs)
+            except Exception as exc:
+                on_error(_hook, exc, index, logs)
+                raise
+            after(_hook, index, logs)
+
+        guarded.spotrain_guard = True  # type: ignore[attr-defined]
+        setattr(callback_list, hook, guarded)
+
+
+def unguard_hooks(callback_list: Any) -> None:
+    for hook in GUARDED_HOOKS:
+        if getattr(vars(callback_list).get(hook), "spotrain_guard", False):
+            delattr(callback_list, hook)

@@ -46,6 +46,19 @@ def build_optimizer(model: tf.keras.Model) -> None:
         opt._create_all_weights(model.trainable_variables)
 
 
+def train_counter(model: Any) -> int | None:
+    """``model._train_counter``: steps run by fit (TensorBoard's batch-summary step). tf-keras
+    zeroes it at each fit start; spotrain saves it in the manifest state."""
+    counter = getattr(model, "_train_counter", None)
+    return None if counter is None else int(counter.numpy())
+
+
+def set_train_counter(model: Any, value: int | None) -> None:
+    counter = getattr(model, "_train_counter", None)
+    if counter is not None and value is not None:
+        counter.assign(int(value))
+
+
 @dataclass(frozen=True)
 class ModelParts:
     """The variables of a model a save writes and a restore fills, created ahead of training.
@@ -61,19 +74,37 @@ class ModelParts:
     fingerprint: tuple[str, dict[str, Any]]
 
 
+def build_from_spec(model: tf.keras.Model, element_spec: Any) -> None:
+    """Build an unbuilt model (``Sequential([Dense(n)])`` without an Input) from the input's
+    per-example element spec ``(x, y[, w])`` or ``x``: ``model.build`` with batch dim None."""
+    if element_spec is None:
+        raise TrainerError(
+            "the model is not built (its variables do not exist yet) and the input's shape "
+            "is unknown here; fix: give the model an Input layer or an input_shape, or call "
+            "model.build(input_shape) before fit (in build_model for spotrain jobs)"
+        )
+    x_spec = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+    shapes = tf.nest.map_structure(lambda s: tf.TensorShape([None, *s.shape]), x_spec)
+    try:
+        model.build(shapes)
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise TrainerError(
+            f"the model is not built and model.build({shapes}) failed ({exc}); fix: give "
+            "the model an Input layer, or build it (call it on a batch) before fit"
+        ) from exc
+
+
 def prepare_model(model: tf.keras.Model, element_spec: Any = None) -> ModelParts:
-    """Create optimizer slots and compiled metrics now, so a restore can fill them."""
+    """Build an unbuilt model from ``element_spec``, then create optimizer slots and compiled
+    metrics now, so a restore can fill them."""
     if not getattr(model, "_is_compiled", False) or model.optimizer is None:
         raise TrainerError(
             "the model is not compiled; call model.compile(optimizer=..., loss=...) in "
             "build_model before returning it"
         )
-    if not model.built:
-        raise TrainerError(
-            "the model is not built (its variables do not exist yet); give it an Input "
-            "layer or an input_shape, or call model.build(...) in build_model"
-        )
     with model.distribute_strategy.scope():
+        if not model.built:
+            build_from_spec(model, element_spec)
         build_optimizer(model)
         st.build_compiled_containers(model, element_spec)
     on_read = [v for v in model.variables if st.is_on_read(v)]

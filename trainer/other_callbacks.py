@@ -3,8 +3,10 @@ and the metrics history are saved and restored with the training state.
 
 A callback's state is its ``get_state()`` / ``set_state()`` JSON (or what
 :mod:`trainer.state` knows of the stock Keras callbacks). The history is one
-``{"epoch", "logs"}`` entry per finished epoch, read from Keras' History callback at save
-time, or recorded here when ``fit`` has none.
+``{"epoch", "logs"}`` entry per finished epoch: the restored entries, then this fit's, read
+from Keras' History callback at save time (it holds this fit's epochs only, as in tf-keras),
+or recorded here when ``fit`` has none; plus the epoch that just ended when a callback raised
+in its ``on_epoch_end`` before History saw it.
 """
 
 from __future__ import annotations
@@ -26,22 +28,22 @@ class OtherCallbacks:
 
     def __init__(self) -> None:
         self._callbacks: list[Any] = []
-        self._history: list[dict[str, Any]] = []
+        self._restored: list[dict[str, Any]] = []
+        self._recorded: list[dict[str, Any]] = []  # this fit's epochs, when fit has no History
+        self._last: tuple[int, Any] | None = None  # the last epoch ended, and its logs dict
 
     def track(self, callbacks: list[Any]) -> None:
         self._callbacks = list(callbacks)
 
     def restore_history(self, entries: list[dict[str, Any]]) -> None:
         """The history as saved (before the callbacks of this attempt are tracked)."""
-        self._history = list(entries)
+        self._restored = list(entries)
 
     def apply(self, saved: dict[str, Any]) -> None:
-        """Give the tracked callbacks their saved state (History: the saved history)."""
+        """Give the tracked callbacks their saved state."""
         keys = st.callback_keys(self._callbacks)
         for key, cb in zip(keys, self._callbacks, strict=True):
-            if type(cb).__name__ == "History":
-                self._prefill_history(cb)
-            elif key in saved and saved[key] is not None:
+            if key in saved and saved[key] is not None:
                 st.set_callback_state(cb, saved[key])
         for key in saved:
             if key not in keys:
@@ -59,20 +61,23 @@ class OtherCallbacks:
     def record_epoch(self, epoch: int, logs: Any) -> None:
         # Keras gives callbacks with and without tf-logs support different dicts, and others
         # (ReduceLROnPlateau adds "lr") may run later: the History callback is read at save time.
-        if self._history_callback() is None:
-            self._history.append(
-                {"epoch": epoch, "logs": {k: _py(v) for k, v in (logs or {}).items()}}
-            )
+        self._last = (epoch, logs)
+        if self._history_callback() is None and (
+            not self._recorded or self._recorded[-1]["epoch"] != epoch
+        ):
+            self._recorded.append(_entry(epoch, logs))
 
     def history(self) -> list[dict[str, Any]]:
         """The metrics history so far, restored epochs included."""
+        entries = list(self._restored)
         history = self._history_callback()
         if history is None:
-            return self._history
-        entries = []
+            return entries + self._recorded
         for i, epoch in enumerate(getattr(history, "epoch", [])):
             logs = {k: _py(v[i]) for k, v in history.history.items() if i < len(v)}
             entries.append({"epoch": int(epoch), "logs": logs})
+        if self._last is not None and (not entries or entries[-1]["epoch"] < self._last[0]):
+            entries.append(_entry(*self._last))  # History did not see this epoch's end
         return entries
 
     def _history_callback(self) -> Any:
@@ -81,13 +86,9 @@ class OtherCallbacks:
                 return cb
         return None
 
-    def _prefill_history(self, history: Any) -> None:
-        history.epoch = []
-        history.history = {}
-        for entry in self._history:
-            history.epoch.append(entry["epoch"])
-            for k, v in entry["logs"].items():
-                history.history.setdefault(k, []).append(v)
+
+def _entry(epoch: int, logs: Any) -> dict[str, Any]:
+    return {"epoch": int(epoch), "logs": {k: _py(v) for k, v in (logs or {}).items()}}
 
 
 def _py(value: Any) -> Any:

@@ -139,6 +139,21 @@ def read_checkpoint(
         n = model_part.size
         metric_part = rows[:, n:].sum(axis=0) if worker.is_chief else rows[0, n:] * 0
         row = np.concatenate([model_part, metric_part])
+    model_vars = parts.on_read[: parts.n_model_on_read]
+    n_model = sum(int(np.prod(v.shape)) for v in model_vars)
+    n_all = n_model + sum(int(np.prod(v.shape)) for v in parts.on_read[parts.n_model_on_read :])
+    if row.size != n_all and row.size >= n_model:
+        # saved before the compiled metrics existed (a model first fit unbuilt): the weights
+        # and moving statistics are complete; the partial epoch's metric totals restart
+        logger.warning(
+            "%s the checkpoint holds %d per-rank values, this model %d: its metric totals "
+            "were not saved and restart from zero",
+            log_prefix,
+            row.size,
+            n_all,
+        )
+        st.assign_locals(model_vars, row[:n_model])
+        return np.concatenate([row[:n_model], st.flatten_locals(parts.on_read[len(model_vars) :])])
     st.assign_locals(parts.on_read, row)
     return row
 

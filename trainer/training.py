@@ -221,7 +221,7 @@ def train(
         # shape/type errors while tracing the user's model are the user's; a lost peer's
         # collective errors propagate as they are (retryable)
         with user_code("model.fit", catch=FIT_USER_ERRORS):
-            history = model.fit(
+            model.fit(
                 train_ds,
                 epochs=job.epochs,
                 callbacks=callbacks,
@@ -232,7 +232,7 @@ def train(
     except BaseException:
         bar.close(wait=True)
         raise
-    result.history = dict(history.history)
+    result.history = _history_dict(bar.history)  # fit's History holds this attempt's epochs
     result.global_step = bar.global_step
     result.last_committed_step = bar.last_committed_step
     result.finished = True

@@ -29,6 +29,7 @@ from storage.committer import AsyncCommitter
 from storage.errors import SpotrainError, StaleWriterError
 from storage.fencing import Fence
 from storage.location import RunLocation
+from trainer import backup_dir, model_io
 from trainer import state as st
 from trainer.backup_options import BackupOptions
 from trainer.cluster_context import WorkerContext
@@ -162,13 +163,18 @@ class WorkerTrainingState:
         return {"attempt": self._attempt_no} if self._attempt_no else {}
 
     # ------------------------------------------------------------------ restore
-    def restore(self, model: tf.keras.Model) -> dict[str, Any] | None:
+    def restore(self, model: tf.keras.Model, element_spec: Any = None) -> dict[str, Any] | None:
         """Restore the newest valid committed state into ``model`` (idempotent, a collective:
-        every rank calls it). Returns the restored JSON state, or None for a fresh run."""
+        every rank calls it). Returns the restored JSON state, or None for a fresh run.
+
+        ``element_spec`` (default ``options.element_spec``): the input's per-example spec, to
+        build an unbuilt model and the compiled metrics first."""
         if self._restored:
             return self._restored_state
+        backup_dir.wait_for_other(self.store.url, self._committer, self.options.commit_timeout_s)
         self._model = model
-        self._parts = prepare_model(model, self.options.element_spec)
+        spec = self.options.element_spec if element_spec is None else element_spec
+        self._parts = prepare_model(model, spec)
         started = time.perf_counter()
         started_at = time.time()
         state, self._rank_row = restore_committed(
@@ -218,13 +224,17 @@ class WorkerTrainingState:
         return state
 
     def start(self, steps_per_epoch: int) -> None:
-        """Training begins with ``steps_per_epoch`` (fit's ``steps``); it must match the save."""
+        """Training begins with ``steps_per_epoch`` (fit's ``steps``); it must match the save.
+        Sets the model's train counter (fit zeroed it) to the saved one."""
         self._spe = steps_per_epoch
         if not self._spe:
             raise TrainerError(
-                "steps per epoch is unknown; pass steps_per_epoch to fit (the spotrain trainer "
-                "does) so the position in an epoch can be saved"
+                "BackupAndRestore needs the number of steps per epoch, and fit does not know "
+                "it (the input's length is unknown: a repeated or filtered tf.data.Dataset, a "
+                "generator); fix: pass steps_per_epoch=N to model.fit (the spotrain trainer "
+                "does)"
             )
+        model_io.set_train_counter(self._model, (self._restored_state or {}).get("train_counter"))
         saved_spe = (self._restored_state or {}).get("steps_per_epoch")
         if saved_spe and saved_spe != self._spe:
             raise JobSpecError(
@@ -283,7 +293,13 @@ class WorkerTrainingState:
         if self._committer is not None:
             return False
         self._committer = AsyncCommitter(self.store)
+        backup_dir.register(self.store.url, self._committer)
         return True
+
+    def wait_for_commit(self) -> None:
+        """Wait (this rank only, no collective) until a background commit is durable."""
+        if self._committer is not None:
+            self._committer.wait_until_finished(self.options.commit_timeout_s)
 
     def save(self, g: int, epoch: int, step: int, finished: bool, wait: bool) -> None:
         """Save step ``g`` (a collective: every rank calls it); ``wait``: until it is committed,
@@ -350,14 +366,14 @@ class WorkerTrainingState:
         if g > self._last_boundary or not finished_before:
             self.save(g, g // self._spe, g % self._spe, finished=True, wait=True)
         if delete_checkpoints and self.worker.is_chief:
-            for step in self.store.committed_steps():
-                self.store.delete_step(step)
+            backup_dir.delete_backup(self.store)
 
     def close(self, wait: bool = True) -> None:
         """Finish (``wait``) or abandon background commits. Idempotent."""
         committer, self._committer = self._committer, None
         if committer is None:
             return
+        backup_dir.unregister(self.store.url, committer)
         if wait:
             committer.close(self.options.commit_timeout_s)
         else:
@@ -387,6 +403,7 @@ class WorkerTrainingState:
                 "n_vars": len(self._parts.on_read),
             },
             "saved_at": time.time(),
+            "train_counter": model_io.train_counter(self._model),
             "preemption_notice": self._notice,
         }
         state.update(self.options.extra_state)

@@ -50,13 +50,14 @@ def test_drop_in_with_memory_url() -> None:
         model.fit(x, y, batch_size=8, epochs=3, callbacks=[StopAt(6), bar], verbose=0)
     bar.close()  # what the atexit hook does when the process ends after the exception
     store = CheckpointStore(url)
-    assert store.committed_steps() == [3]  # step 6 stopped before its save point
+    # step 6 raised in on_train_batch_end: its boundary was saved before the error went on
+    assert store.committed_steps() == [3, 6]
     resumed = _model()
     rec = StopAt(-1)
     resumed.fit(
         x, y, batch_size=8, epochs=3, callbacks=[rec, BackupAndRestore(url, save_freq=3)], verbose=0
     )
-    assert rec.batches[0] == (0, 3)  # continued at epoch 0, step 3 (4 steps per epoch)
+    assert rec.batches[0] == (1, 2)  # continued at epoch 1, step 2 (4 steps per epoch)
     assert int(resumed.optimizer.iterations.numpy()) == 12
     assert store.committed_steps() == []  # delete_checkpoint=True (the tf.keras default)
 

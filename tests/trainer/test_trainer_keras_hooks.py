@@ -78,3 +78,33 @@ def _write(model: tf.keras.Model) -> str:
     import tempfile
 
     return tf.train.Checkpoint(model=model).write(tempfile.mkdtemp() + "/c")
+
+
+def test_fit_shows_its_input_spec_counter_and_callback_list_to_on_train_begin() -> None:
+    """Hooks 2, 4, 5: from on_train_begin spotrain sees fit's input spec (per example), the
+    train counter already zeroed, and a CallbackList whose end hooks it can wrap."""
+    seen: dict = {}
+
+    class Probe(tf.keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["spec"] = keras_hooks.fit_element_spec()
+            seen["counter"] = int(self.model._train_counter.numpy())
+            owner = keras_hooks.calling_callback_list_object(depth=2)
+            keras_hooks.guard_hooks(
+                owner,
+                lambda hook, i, logs: seen.setdefault(hook, []).append(i),
+                lambda hook, exc, i, logs: None,
+            )
+            seen["owner"] = owner
+
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+    model.compile(tf.keras.optimizers.SGD(0.0), "mse")
+    model._train_counter.assign(5)
+    x = tf.zeros((8, 3))
+    model.fit(x, tf.zeros((8, 1)), batch_size=4, epochs=2, callbacks=[Probe()], verbose=0)
+    x_spec, y_spec = seen["spec"]
+    assert x_spec.shape == (3,) and y_spec.shape == (1,)
+    assert seen["counter"] == 0
+    assert seen["on_train_batch_end"] == [0, 1, 0, 1] and seen["on_epoch_end"] == [0, 1]
+    keras_hooks.unguard_hooks(seen["owner"])
+    assert "on_epoch_end" not in vars(seen["owner"])
