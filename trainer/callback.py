@@ -41,7 +41,8 @@ from trainer.cluster_context import WorkerContext
 from trainer.errors import PreemptedError
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, build_optimizer, checkpoint_of
 from trainer.preemption import PreemptionFlag
-from trainer.training_state import SaveStats, WorkerTrainingState
+from trainer.saved_state import SaveStats
+from trainer.training_state import WorkerTrainingState
 
 import tensorflow as tf  # isort: skip
 

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,25 +36,11 @@ from trainer.errors import JobSpecError, TrainerError
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, ModelParts, prepare_model
 from trainer.other_callbacks import OtherCallbacks
 from trainer.restore import restore_committed
+from trainer.saved_state import ManifestPosition, SaveStats, manifest_state
 
 import tensorflow as tf  # isort: skip
 
 logger = logging.getLogger(__name__)
-
-STATE_FORMAT = 1
-
-
-@dataclass
-class SaveStats:
-    """How long saves blocked training (the local write; the upload runs in the background)."""
-
-    saves: int = 0
-    blocked_s: float = 0.0
-    last_blocked_s: float = 0.0
-
-    @property
-    def mean_blocked_s(self) -> float:
-        return self.blocked_s / self.saves if self.saves else 0.0
 
 
 class WorkerTrainingState:
@@ -307,7 +292,16 @@ class WorkerTrainingState:
         assert self._model is not None and self._parts is not None, "restore() first"
         strategy = self._model.distribute_strategy
         t0 = time.perf_counter()
-        state = self._collect_state(g, epoch, step, finished)
+        assert self._parts is not None
+        state = manifest_state(
+            ManifestPosition(g, epoch, step, self._spe, finished),
+            self.options,
+            self.worker.world_size,
+            self._parts,
+            self._others,
+            model_io.train_counter(self._model),
+            self._notice,
+        )
         rows = st.gather_rows(strategy, st.flatten_locals(self._parts.on_read))
         local_dir = tempfile.mkdtemp(
             prefix=f"spotrain-{g:012d}-", dir=self.options.local_tmp_dir or None
@@ -379,35 +373,6 @@ class WorkerTrainingState:
         else:
             with contextlib.suppress(Exception):
                 committer.close(0.0)
-
-    def _collect_state(self, g: int, epoch: int, step: int, finished: bool) -> dict[str, Any]:
-        assert self._parts is not None
-        fingerprint, detail = self._parts.fingerprint
-        state = {
-            "format": STATE_FORMAT,
-            "epoch": epoch,
-            "step_in_epoch": step,
-            "global_step": g,
-            "steps_per_epoch": self._spe,
-            "samples_seen": g * self.options.global_batch_size,
-            "world_size": self.worker.world_size,
-            "global_batch_size": self.options.global_batch_size,
-            "seed": self.options.seed,
-            "finished": finished,
-            "fingerprint": fingerprint,
-            "fingerprint_detail": detail,
-            "callbacks": self._others.states(self.options.strict_callback_state),
-            "history": self._others.history(),
-            "rank_state": {
-                "n_model": self._parts.n_model_on_read,
-                "n_vars": len(self._parts.on_read),
-            },
-            "saved_at": time.time(),
-            "train_counter": model_io.train_counter(self._model),
-            "preemption_notice": self._notice,
-        }
-        state.update(self.options.extra_state)
-        return st.to_json_value(state)
 
     def _after_commit(self, manifest: Any) -> None:
         if self.options.keep_last:
