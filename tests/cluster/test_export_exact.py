@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import main
+from storage.checkpoints import CheckpointStore
 from storage.location import RunLocation
 from storage.run_record import RunRecord
 from tests.fakes import corrupt_file
@@ -70,11 +71,12 @@ def test_export_step_is_exact_or_fails_naming_the_steps(
 
 
 def _a_data_file(loc: RunLocation, step: int) -> str:
-    return sorted(
-        p.rsplit("/", 1)[1]
-        for p in loc.fs.ls(loc.step_dir(step), detail=False)
-        if ".data-" in p and p.rsplit("/", 1)[1].startswith("ckpt")
+    """A checkpoint data file of ``step``, relative to its step directory."""
+    manifest = CheckpointStore(loc).manifest(step)
+    rel = sorted(
+        e.path for e in manifest.files if ".data-" in e.path and e.path.startswith("ckpt")
     )[0]
+    return manifest.file_path(rel)
 
 
 def test_export_with_a_changed_build_model_fails(
