@@ -31,3 +31,18 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Any:
         return cache[mode]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Any:
+    """An in-process Ray with 2 CPUs whose workers import tf-keras (per test module)."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}},
+    )
+    yield ray
+    ray.shutdown()

@@ -24,20 +24,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 RESUMED_EPOCH = 3
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}},
-    )
-    yield ray
-    ray.shutdown()
-
-
 def plain_fit_with_retries(config: dict[str, Any]) -> None:
     """Ray Train worker: a user's own fit loop, retried after each interruption; the chief
     saves the state at the first step of epoch RESUMED_EPOCH and the epoch each fit began."""

@@ -24,22 +24,6 @@ from tests.trainer.helpers import (
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Any:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={
-            "env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"},
-        },
-    )
-    yield ray
-    ray.shutdown()
-
-
 def _fit(job: dict[str, Any], tmp_path: Path, max_failures: int) -> Any:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
