@@ -98,14 +98,18 @@ def test_frozen_driver_tree_writes_nothing_after_a_takeover(project: Path, tmp_p
     run_dir = tmp_path / "runs" / "digits-mlp"
     args = [*ARGS, "--storage", f"file://{tmp_path}/runs"]
     logs = [open(tmp_path / f"driver-{n}.log", "w") for n in ("a", "b")]  # noqa: SIM115
-    a = subprocess.Popen(
-        [str(BIN / "spotrain"), *args],
-        cwd=project,
-        env=env_for(project),
-        stdout=logs[0],
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+
+    def start_driver(log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(BIN / "spotrain"), *args],
+            cwd=project,
+            env=env_for(project),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    a = start_driver(logs[0])
     b = None
     try:
         _wait("A's first commit", lambda: bool(_manifests(run_dir)) or a.poll() is not None)
@@ -117,14 +121,7 @@ def test_frozen_driver_tree_writes_nothing_after_a_takeover(project: Path, tmp_p
         a_writers = {_writer(Path(p).name) for p in frozen if p.startswith("events/")}
         time.sleep(LEASE_TTL_S + 2)  # past A's lease (TTL + the taker's safety margin)
 
-        b = subprocess.Popen(
-            [str(BIN / "spotrain"), *args],
-            cwd=project,
-            env=env_for(project),
-            stdout=logs[1],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        b = start_driver(logs[1])
         _wait(
             "B's first commit",
             lambda: (
