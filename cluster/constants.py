@@ -14,9 +14,10 @@ from storage.constants import env_float, env_int
 #: Where runs live when neither the spec nor ``--storage`` says: run URL = <storage>/<name>.
 DEFAULT_STORAGE = os.environ.get("SPOTRAIN_STORAGE") or "file://./runs"
 
-#: Renew the lease this often. Must stay well below DEFAULT_LEASE_TTL_S (a third of it by default)
-#: so that one slow storage round trip does not let the lease lapse.
-DEFAULT_LEASE_RENEW_S = env_float("SPOTRAIN_LEASE_RENEW_S", DEFAULT_LEASE_TTL_S / 3)
+#: Renew the lease this often. Must stay well below DEFAULT_LEASE_TTL_S (a fifth of it by default:
+#: four renewals before the holder's safety margin) so that slow storage round trips do not let
+#: the lease lapse.
+DEFAULT_LEASE_RENEW_S = env_float("SPOTRAIN_LEASE_RENEW_S", DEFAULT_LEASE_TTL_S / 5)
 
 #: On SIGTERM, how long the driver waits for the workers' emergency checkpoint to commit before it
 #: exits anyway. Kubernetes' terminationGracePeriodSeconds must be larger than this.

@@ -67,11 +67,16 @@ DEFAULT_RETRY_MAX_BACKOFF_S = env_float("SPOTRAIN_RETRY_MAX_BACKOFF_S", 10.0)
 #: uploading them. Must exceed the longest commit (upload of one checkpoint) by a wide margin.
 DEFAULT_SWEEP_MIN_AGE_S = env_float("SPOTRAIN_SWEEP_MIN_AGE_S", 6 * 3600.0)
 
-#: Lease time-to-live: how long a coordinator's lease on a run lasts without renewal. A
-#: SIGKILLed driver blocks the next ``spotrain run`` of the same run for at most this long
-#: (tests shrink it). cluster.constants.DEFAULT_LEASE_RENEW_S (a third of it) must stay well
-#: below it.
-DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 60.0)
+#: Lease time-to-live: how long a coordinator's lease on a run lasts without renewal; a taker
+#: waits this (plus DEFAULT_LEASE_SAFETY_MARGIN_S) after a holder on another host vanished. A
+#: holder on the taker's own host whose process is gone is taken over at once
+#: (storage.lease_holder), whatever the TTL. Short, because fencing (storage.fencing) keeps a
+#: short lease safe: a writer that outlived its lease cannot commit or delete anything. 10 s
+#: with renewals every 2 s (cluster.constants.DEFAULT_LEASE_RENEW_S = TTL / 5) leaves four
+#: renewals before the holder's last margin: a renewal is a conditional PUT plus a read-back
+#: (two S3 round trips, tens of ms; a few seconds at worst with retries), so a slow renewal or
+#: two does not lose the lease; each renewal costs two requests per run every 2 s.
+DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 10.0)
 #: The shortest lease a Lease accepts. Depends on DEFAULT_LEASE_SAFETY_MARGIN_S: a TTL must also
 #: exceed twice the margin (a holder stops renewing one margin before expiry, a taker waits one
 #: past it), and renewals every TTL/3 must fit in between. Fencing (storage.fencing) keeps a

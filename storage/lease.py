@@ -1,6 +1,8 @@
 """The run lease (``<run>/lease.json``): one coordinator drives a run at a time.
 
-``lease.json`` holds ``holder``, ``expires_at`` (unix s), ``generation`` and ``released``.
+``lease.json`` holds ``holder``, ``expires_at`` (unix s), ``generation``, ``released`` and the
+holder's ``process`` (host, boot id, pid namespace, pid, process start time;
+:mod:`storage.lease_holder`).
 Acquire creates it with a create-only write; taking over an expired or released lease, renewing
 and releasing are compare-and-swap writes against the version that was read. Each backend is
 one small class in :mod:`storage.lease_backends`, chosen once by protocol. What each guarantees:
@@ -23,6 +25,10 @@ one small class in :mod:`storage.lease_backends`, chosen once by protocol. What 
 Expiry is judged on the local clock: a holder refuses to renew within ``safety_margin_s`` of
 expiry, and a taker waits ``safety_margin_s`` past it, so exclusion holds while clock skew plus
 one write's latency stays below the margin.
+
+A lease whose holder ran on the taker's host and whose process is gone (the pid no longer exists,
+is a zombie, or belongs to a process started later: a reused pid) is taken at once, without
+waiting for its expiry; a holder elsewhere, or one that cannot be judged, is waited for.
 
 Each acquisition gets a strictly larger ``generation``: the fencing token. Writers carry the
 generation they were started under (:class:`storage.fencing.Fence`) and storage refuses their
@@ -52,6 +58,7 @@ from storage.constants import (
 )
 from storage.errors import InvalidNameError, LeaseHeldError, LeaseLostError, SpotrainError
 from storage.lease_backends import CasBackend, backend_for
+from storage.lease_holder import HolderProcess, holder_gone
 from storage.location import RunLocation
 from storage.retry import RetryOptions, call_with_retry
 
@@ -71,6 +78,8 @@ class LeaseInfo:
     generation: int
     released: bool
     nonce: str
+    #: the holder's process (None in bodies written before it was recorded)
+    process: HolderProcess | None = None
 
     def active(self, now: float) -> bool:
         return not self.released and now < self.expires_at
@@ -84,6 +93,7 @@ class LeaseInfo:
                 "generation": self.generation,
                 "released": self.released,
                 "nonce": self.nonce,
+                "process": None if self.process is None else self.process.to_dict(),
             },
             sort_keys=True,
         ).encode()
@@ -98,6 +108,7 @@ class LeaseInfo:
                 generation=int(d.get("generation", 0)),
                 released=bool(d.get("released", False)),
                 nonce=str(d.get("nonce", "")),
+                process=HolderProcess.from_dict(d.get("process")),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -126,6 +137,7 @@ class Lease:
         retry: RetryOptions | None = None,
         fs: AbstractFileSystem | None = None,
         clock: Callable[[], float] = time.time,
+        process: HolderProcess | None = None,
     ) -> None:
         if not isinstance(holder_id, str) or not holder_id.strip():
             raise InvalidNameError(
@@ -147,6 +159,8 @@ class Lease:
         self.safety_margin_s = float(safety_margin_s)
         self.retry = retry or RetryOptions()
         self.clock = clock
+        #: the process recorded as holder (default: this one); a taker on its host checks it
+        self.process = process or HolderProcess.current()
         self._mine: LeaseInfo | None = None
         self._token: str | None = None
         self._cas: CasBackend = backend_for(self.loc, self.loc.lease_path, self._call)
@@ -186,7 +200,16 @@ class Lease:
                 and info.holder != self.holder_id
                 and info.active(now - self.safety_margin_s)
             ):
-                self._raise_held("acquire", info)
+                if not holder_gone(info.process, self.process):
+                    self._raise_held("acquire", info)
+                logger.warning(
+                    "[run=%s] lease holder %s (pid %s on this host) is gone: taking its lease "
+                    "over without waiting for its expiry at %s",
+                    self.loc.url,
+                    info.holder,
+                    info.process.pid if info.process else "?",
+                    _iso(info.expires_at),
+                )
             new = self._new_info(info.generation + 1 if info else 0)
             new_token = self._cas.replace(new.to_json(), token)
             if new_token is None:
@@ -244,6 +267,7 @@ class Lease:
             generation=self._mine.generation,
             released=True,
             nonce=uuid.uuid4().hex,
+            process=self.process,
         )
         if self._cas.replace(released.to_json(), self._token) is None:
             logger.warning(
@@ -273,6 +297,7 @@ class Lease:
             generation=generation,
             released=False,
             nonce=uuid.uuid4().hex,
+            process=self.process,
         )
 
     def _raise_held(self, what: str, info: LeaseInfo | None = None) -> LeaseInfo:

@@ -131,6 +131,8 @@ try:
     print(json.dumps({"holder": holder, "won": True, "expires_at": info.expires_at}))
 except LeaseHeldError as e:
     print(json.dumps({"holder": holder, "won": False, "by": e.holder}))
+sys.stdout.flush()
+sys.stdin.read()  # stay alive until both answered: a dead winner's lease is free to its host
 """
 
 
@@ -148,6 +150,7 @@ def test_two_processes_race(
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", RACER, run_url, json.dumps(storage_options), h, str(go)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -160,9 +163,13 @@ def test_two_processes_race(
     go.touch()
     outs = []
     for p in procs:
-        out, err = p.communicate(timeout=60)
+        assert p.stdout is not None and p.stdin is not None
+        line = p.stdout.readline()
+        assert line, p.communicate(timeout=60)[1].decode()
+        outs.append(json.loads(line))
+    for p in procs:
+        _, err = p.communicate(timeout=60)  # closes stdin: the racer exits
         assert p.returncode == 0, err.decode()
-        outs.append(json.loads(out))
     winners = [o["holder"] for o in outs if o["won"]]
     assert len(winners) == 1, outs
     loser = next(o for o in outs if not o["won"])
