@@ -55,6 +55,10 @@ RAY_TRAIN_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
 }
 
+#: Set to 0 to keep ``spotrain run`` (without ``--address`` / ``RAY_ADDRESS``) from joining a
+#: live ``ray start`` head on its node; it then always starts an embedded Ray.
+JOIN_LOCAL_RAY_ENV = "SPOTRAIN_JOIN_LOCAL_RAY"
+
 #: Ray Train's own files (its run directory) go under <run URL>/<RAY_STORAGE_SUBDIR>.
 RAY_STORAGE_SUBDIR = "ray"
 

@@ -18,6 +18,9 @@ import pytest
 
 # Ray must bind to loopback on this machine; Ray reads this at import, so set it first.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# A `ray start` head another test (or user) left on this machine is never joined by a test's
+# embedded `spotrain run` (inherited by the drivers the tests start); tests that join say so.
+os.environ.setdefault("SPOTRAIN_JOIN_LOCAL_RAY", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # lets tests import tests.fakes with plain `pytest` too

@@ -1,9 +1,9 @@
 """Runs one attempt on Ray: ``ray.train.tensorflow.TensorflowTrainer`` with spotrain's hooks.
 
-Embedded Ray (no ``--address``, no ``RAY_ADDRESS``): ``ray.init(address="local")`` with
-exactly the CPUs/GPUs the workers need, so a stale address file of a dead local cluster is never
-joined (a plain ``ray.init()`` after a killed local head tries to join the dead cluster). With an address (or under ``ray job submit``, which sets ``RAY_ADDRESS``)
-it joins that cluster.
+Which Ray (:mod:`cluster.ray.address`): ``--address``, ``RAY_ADDRESS`` (``ray job submit``) or
+a live ``ray start`` head on this node is joined; otherwise an embedded Ray,
+``ray.init(address="local")`` with exactly the CPUs/GPUs the workers need, so a stale address
+file of a dead local cluster is never joined.
 
 Every Ray worker gets ``TF_USE_LEGACY_KERAS=1`` through the runtime env (before any import) and
 the job's working directory (``TrainJob.working_dir``; under ``ray job submit --working-dir``
@@ -85,10 +85,12 @@ class RayAttemptRunner:
         self._started_ray = True
 
     def _init(self, ray: Any, ctx: AttemptContext) -> None:
-        address = ctx.options.address or os.environ.get("RAY_ADDRESS") or None
+        from cluster.ray.address import choose_address
+
+        address, source = choose_address(ctx.options.address)
         level = logging.INFO if ctx.options.verbose else logging.WARNING
         if address:
-            logger.info("joining the Ray cluster at %s", address)
+            logger.info("joining the Ray cluster at %s (%s)", address, source)
             ray.init(address=address, log_to_driver=ctx.options.verbose, logging_level=level)
             self.embedded = False
         else:

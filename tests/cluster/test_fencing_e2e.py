@@ -1,4 +1,6 @@
-"""End to end: a frozen driver tree wakes up after a takeover and writes nothing to the run.
+"""End to end: driver takeovers. A SIGKILLed driver's lease is taken at once on its host; a
+frozen driver tree wakes up after a takeover and writes nothing to the run.
+
 
 ``spotrain run`` of the digits MLP (2 workers, 3 epochs); at its first commit the driver's WHOLE
 process tree (driver, its embedded Ray, the workers) is SIGSTOPped past its lease TTL; a second
@@ -162,3 +164,49 @@ def test_frozen_driver_tree_writes_nothing_after_a_takeover(project: Path, tmp_p
     got, state = committed_tensors(RunLocation.from_url(f"file://{tmp_path}/runs/digits-mlp"))
     assert state["finished"] is True
     assert differing_tensors(ref_tensors, got) == []
+
+
+def test_a_sigkilled_drivers_lease_is_taken_at_once_on_its_host(
+    project: Path, tmp_path: Path
+) -> None:
+    """``kill -9`` of the driver alone, then ``spotrain run`` again: it must not be held off
+    (exit 5) by the dead driver's lease, which is valid for ten more minutes."""
+    run_dir = tmp_path / "runs" / "digits-mlp"
+    args = [*ARGS, "--storage", f"file://{tmp_path}/runs"]
+    env = {**env_for(project), "SPOTRAIN_LEASE_TTL_S": "600"}  # only a takeover frees it
+    tree: list[int] = []
+    with open(tmp_path / "driver-a.log", "w") as log:
+        a = subprocess.Popen(
+            [str(BIN / "spotrain"), *args],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait("A's first commit", lambda: bool(_manifests(run_dir)) or a.poll() is not None)
+            assert a.poll() is None, (tmp_path / "driver-a.log").read_text()[-4000:]
+            gen_a = _generation(run_dir)
+            lease = json.loads((run_dir / "lease.json").read_text())
+            assert lease["process"]["pid"] == a.pid and lease["expires_at"] > time.time() + 60
+            tree = _descendants(a.pid)
+            os.kill(a.pid, signal.SIGKILL)  # the driver alone; left unreaped (a zombie) for now
+            b = subprocess.run(
+                [str(BIN / "spotrain"), *args],
+                cwd=project,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=RUN_TIMEOUT_S,
+                check=False,
+            )
+        finally:
+            a.kill()
+            a.wait(30)
+            _signal_tree(tree, signal.SIGKILL)  # the dead driver's Ray, if still there
+    assert b.returncode == 0, b.stderr[-4000:]
+    assert "is gone: taking its lease over" in b.stderr
+    assert _generation(run_dir) > gen_a
+    st = status(project, f"file://{tmp_path}/runs/digits-mlp")
+    assert st["state"] == "SUCCEEDED" and st["attempts"] == 2 and st["preemptions"] == 1, st
