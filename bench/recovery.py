@@ -15,7 +15,16 @@ training of bench/recovery-job.yaml: the digits MLP, 2 workers) and reads its JS
    each notice (a warm spare): the figures are spotrain's and Ray's cost, not the wait for the
    cloud to supply a machine.
 
+3. cold start (bench/cold_start.py): launch -> first training step of a fresh ``spotrain run``
+   beside the anchor's launch -> ``fit`` start (Ray's own TensorflowTrainer + tf-keras script).
+4. the anchor's restarts: the same model under Ray Train's own restart with stock
+   ``tf.keras.callbacks.BackupAndRestore`` and the same faults (kill-worker, kill-node).
+
+Targets are printed beside the figures, and spotrain/anchor ratios.
+
     python bench/recovery.py [--repeats 3] [--periods 30,60,120] [--epochs 80] [--json]
+    python bench/recovery.py --quick --only cold-start      # a smoke test of one part
+    python bench/recovery.py --only faults --faults kill-driver,kill-worker
 
 The emulated nodes share this machine's cores, so every process start competes with the
 surviving workers for CPU; on real nodes the process phase is shorter.
@@ -48,6 +57,12 @@ FAULTS = {
     "kill-driver": f"kill-driver@{FAULT_AT_S}s",
 }
 PHASES = ("detection_s", "process_s", "strategy_s", "build_s", "restore_s")
+#: Targets (seconds of recovery per fault, goodput per period, cold start).
+TARGETS = {"kill-worker": 5.0, "drain-node": 6.0, "kill-node": 8.0, "kill-driver": 20.0}
+GOODPUT_TARGETS = {120.0: 0.95, 60.0: 0.90}
+COLD_START_TARGET_S, COLD_START_TARGET_RATIO = 25.0, 0.5
+ANCHOR_FAULTS = ("kill-worker", "kill-node")
+PARTS = ("faults", "goodput", "cold-start", "anchor")
 
 
 def emulate(chaos: str | None, epochs: int, workdir: Path) -> dict[str, Any]:
@@ -59,6 +74,7 @@ def emulate(chaos: str | None, epochs: int, workdir: Path) -> dict[str, Any]:
     if chaos:
         cmd += ["--chaos", chaos]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "SPOTRAIN_BACKOFF_S": "0.5"}
+    env["SPOTRAIN_JOIN_LOCAL_RAY"] = "0"
     started = time.monotonic()
     out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -108,9 +124,13 @@ def _median(values: list[Any]) -> float | None:
     return statistics.median(known) if known else None
 
 
-def fault_table(repeats: int, epochs: int, base: Path) -> list[dict[str, Any]]:
+def fault_table(
+    repeats: int, epochs: int, base: Path, kinds: list[str] | None = None
+) -> list[dict[str, Any]]:
     rows = []
     for kind, chaos in FAULTS.items():
+        if kinds and kind not in kinds:
+            continue
         costs, reads = [], []
         for i in range(repeats):
             workdir = base / f"{kind}-{i}"
@@ -121,7 +141,41 @@ def fault_table(repeats: int, epochs: int, base: Path) -> list[dict[str, Any]]:
         for key in (*PHASES, "restart_s", "recovery_s", "steps_lost"):
             row[key] = _median([c[key] for c in costs])
         row["checkpoint_read_s"] = _median(reads)
+        row["target_s"] = TARGETS[kind]
         rows.append(row)
+    return rows
+
+
+def cold_start_table(repeats: int, base: Path) -> dict[str, Any]:
+    """spotrain's and the anchor's cold starts, run alternately; medians."""
+    from cold_start import anchor_cold_start, spotrain_cold_start
+
+    ours, theirs = [], []
+    for i in range(repeats):
+        ours.append(spotrain_cold_start(base / f"spotrain-{i}"))
+        theirs.append(anchor_cold_start(base / f"anchor-{i}"))
+        print(f"  cold start {i + 1}/{repeats}", file=sys.stderr)
+    row: dict[str, Any] = {k: _median([r[k] for r in ours]) for k in ours[0]}
+    row.update({f"anchor_{k}": _median([r[k] for r in theirs]) for k in theirs[0]})
+    row["ratio"] = row["first_step_s"] / row["anchor_fit_start_s"]
+    return row
+
+
+def anchor_table(repeats: int, epochs: int, base: Path) -> list[dict[str, Any]]:
+    from cold_start import anchor_restart
+
+    rows = []
+    for kind in ANCHOR_FAULTS:
+        runs = [
+            anchor_restart(kind, base / f"{kind}-{i}", epochs, FAULT_AT_S) for i in range(repeats)
+        ]
+        rows.append(
+            {
+                "fault": kind,
+                "recovery_s": _median([r["recovery_s"] for r in runs]),
+                "steps_lost": _median([r["steps_lost"] for r in runs]),
+            }
+        )
     return rows
 
 
@@ -179,37 +233,55 @@ def _fmt(value: Any, unit: str = "s") -> str:
     return f"{value:.1f}{unit}" if isinstance(value, float) else f"{value}"
 
 
-def print_tables(
-    faults: list[dict[str, Any]], goodput: list[dict[str, Any]], args: Any, tf_import_s: float
+def print_tables(results: dict[str, Any], args: Any) -> None:
+    if results["faults"]:
+        print_fault_table(
+            results["faults"], results["anchor"], args.repeats, results["tf_import_s"]
+        )
+    if results["goodput"]:
+        print_goodput_table(results["goodput"])
+    if results["cold_start"]:
+        print_cold_start(results["cold_start"], args.repeats)
+
+
+def print_fault_table(
+    faults: list[dict[str, Any]], anchor: list[dict[str, Any]], repeats: int, tf_import_s: float
 ) -> None:
-    if faults:
-        print_fault_table(faults, args.repeats, tf_import_s)
-    if goodput:
-        print_goodput_table(goodput)
-
-
-def print_fault_table(faults: list[dict[str, Any]], repeats: int, tf_import_s: float) -> None:
     print(f"\nrecovery per fault kind (median of {repeats} run(s); 2 workers, digits MLP)")
-    head = (
-        "fault",
-        "detect",
-        "process",
-        "strategy",
-        "build",
-        "restore",
-        "ckpt-read",
-        "total",
-        "lost",
-    )
+    head = ["fault", "detect", "process", "strategy", "build", "restore", "ckpt-read", "total"]
+    head += ["target", "lost", "anchor", "ratio"]
     print(f"{head[0]:<12}" + "".join(f"{h:>10}" for h in head[1:]))
+    theirs = {r["fault"]: r for r in anchor}
     for r in faults:
         cells = [_fmt(r[k]) for k in (*PHASES, "checkpoint_read_s", "recovery_s")]
-        print(
-            f"{r['fault']:<12}"
-            + "".join(f"{c:>10}" for c in cells)
-            + f"{_fmt(r['steps_lost']):>10}"
-        )
+        cells += [f"<={r['target_s']:g}s", _fmt(r["steps_lost"])]
+        a = theirs.get(r["fault"])
+        cells.append(_fmt(a["recovery_s"]) if a else "-")
+        ratio = a and r["recovery_s"] and a["recovery_s"] and r["recovery_s"] / a["recovery_s"]
+        cells.append(f"{ratio:.2f}" if ratio else "-")
+        print(f"{r['fault']:<12}" + "".join(f"{c:>10}" for c in cells))
+    for a in anchor:
+        if a["fault"] not in {r["fault"] for r in faults}:
+            print(f"anchor {a['fault']}: recovery {_fmt(a['recovery_s'])}, lost {a['steps_lost']}")
     print(f"(for reference: a fresh process imports TensorFlow in {tf_import_s:.1f}s here)")
+
+
+def print_cold_start(row: dict[str, Any], repeats: int) -> None:
+    print(f"\ncold start, launch -> first training step (median of {repeats}, alternating)")
+    print(
+        f"spotrain run: {row['first_step_s']:.1f}s (lease {row['lease_s']:.1f}s, driver "
+        f"TensorFlow import {row['driver_s']:.1f}s, Ray + Train controller + workers to the "
+        f"first step {row['ray_and_workers_s']:.1f}s); target <= {COLD_START_TARGET_S:g}s"
+    )
+    print(
+        f"anchor (Ray TensorflowTrainer + tf-keras): fit start {row['anchor_fit_start_s']:.1f}s, "
+        f"first step {row['anchor_first_step_s']:.1f}s"
+    )
+    print(
+        f"spotrain first step / anchor fit start = {row['ratio']:.2f} (target <= "
+        f"{COLD_START_TARGET_RATIO:g}); after the final commit the attempt ended in "
+        f"{row['end_wait_s']:.1f}s and the driver exited {row['exit_s']:.1f}s later"
+    )
 
 
 def print_goodput_table(goodput: list[dict[str, Any]]) -> None:
@@ -232,7 +304,7 @@ def print_goodput_table(goodput: list[dict[str, Any]]) -> None:
         "recompute",
         "rest",
     )
-    print("".join(f"{h:>10}" for h in head))
+    print("".join(f"{h:>10}" for h in (*head, "target")))
     for r in goodput[1:]:
         cells = [
             _fmt(r["period_s"]),
@@ -242,6 +314,8 @@ def print_goodput_table(goodput: list[dict[str, Any]]) -> None:
         ]
         cells += [_fmt(r[f"lost_{k}"]) for k in PHASES]
         cells += [_fmt(r["lost_recompute_s"]), _fmt(r["lost_rest_s"])]
+        target = GOODPUT_TARGETS.get(float(r["period_s"]))
+        cells.append(f">={target * 100:.0f}%" if target else "-")
         print("".join(f"{c:>10}" for c in cells))
     hit = [r for r in goodput[1:] if r["preemptions"]]
     if not hit:
@@ -266,28 +340,39 @@ def main() -> int:
     parser.add_argument("--periods", default="30,60,120", help="seconds between preemptions")
     parser.add_argument("--epochs", type=int, default=80, help="epochs of the goodput runs")
     parser.add_argument("--fault-epochs", type=int, default=12, help="epochs of the fault runs")
-    parser.add_argument("--only", choices=("faults", "goodput"), help="run one of the two parts")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run these parts only")
+    parser.add_argument("--faults", help=f"fault kinds to run (default all: {','.join(FAULTS)})")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke test: 1 repeat, short runs, one period (60s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.periods, args.epochs, args.fault_epochs = 1, "60", 12, 8
     periods = [float(p) for p in args.periods.split(",") if p]
+    kinds = [k for k in (args.faults or "").split(",") if k]
     if args.repeats < 1 or not periods or min(periods) <= DRAIN_DEADLINE_S:
         parser.error(f"--repeats >= 1 and every period > the drain deadline ({DRAIN_DEADLINE_S}s)")
-    tf_import_s = tensorflow_import_s()
-    faults: list[dict[str, Any]] = []
-    goodput: list[dict[str, Any]] = []
+    if set(kinds) - set(FAULTS):
+        parser.error(f"--faults: unknown {sorted(set(kinds) - set(FAULTS))}; known: {list(FAULTS)}")
+    parts = args.only or list(PARTS)
+    results: dict[str, Any] = {"faults": [], "goodput": [], "cold_start": None, "anchor": []}
+    results["tf_import_s"] = tensorflow_import_s()
     with tempfile.TemporaryDirectory(prefix="spotrain-bench-recovery-") as tmp:
-        if args.only in (None, "faults"):
-            faults = fault_table(args.repeats, args.fault_epochs, Path(tmp) / "faults")
-        if args.only in (None, "goodput"):
-            goodput = goodput_table(periods, args.epochs, Path(tmp) / "goodput")
-    if args.json:
-        print(
-            json.dumps(
-                {"faults": faults, "goodput": goodput, "tensorflow_import_s": tf_import_s}, indent=2
+        if "cold-start" in parts:
+            results["cold_start"] = cold_start_table(args.repeats, Path(tmp) / "cold")
+        if "faults" in parts:
+            results["faults"] = fault_table(
+                args.repeats, args.fault_epochs, Path(tmp) / "faults", kinds
             )
-        )
+        if "anchor" in parts:
+            results["anchor"] = anchor_table(args.repeats, args.fault_epochs, Path(tmp) / "anchor")
+        if "goodput" in parts:
+            results["goodput"] = goodput_table(periods, args.epochs, Path(tmp) / "goodput")
+    if args.json:
+        print(json.dumps(results, indent=2))
     else:
-        print_tables(faults, goodput, args, tf_import_s)
+        print_tables(results, args)
     return 0
 
 

@@ -205,7 +205,7 @@ def test_a_sigkilled_drivers_lease_is_taken_at_once_on_its_host(
             a.kill()
             a.wait(30)
             _signal_tree(tree, signal.SIGKILL)  # the dead driver's Ray, if still there
-    assert b.returncode == 0, b.stderr[-4000:]
+    assert b.returncode == 0, b.stdout[-3000:] + b.stderr[-4000:]
     assert "is gone: taking its lease over" in b.stderr
     assert _generation(run_dir) > gen_a
     st = status(project, f"file://{tmp_path}/runs/digits-mlp")
