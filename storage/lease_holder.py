@@ -76,11 +76,9 @@ class HolderProcess:
 
     def same_host(self, other: HolderProcess) -> bool:
         """Whether both run on one host and see one pid space (so a pid means the same)."""
-        return (
-            bool(self.boot_id and self.pid_namespace)
-            and (self.host, self.boot_id, self.pid_namespace)
-            == (other.host, other.boot_id, other.pid_namespace)
-        )
+        mine = (self.host, self.boot_id, self.pid_namespace)
+        theirs = (other.host, other.boot_id, other.pid_namespace)
+        return bool(self.boot_id and self.pid_namespace) and mine == theirs
 
     def to_dict(self) -> dict[str, Any]:
         return {
