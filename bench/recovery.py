@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,9 +77,20 @@ def emulate(chaos: str | None, epochs: int, workdir: Path) -> dict[str, Any]:
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "SPOTRAIN_BACKOFF_S": "0.5"}
     env["SPOTRAIN_JOIN_LOCAL_RAY"] = "0"
     started = time.monotonic()
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    for attempt in range(3):
+        out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+        # a cluster that could not start (ports taken by other Ray clusters on a shared
+        # machine) never got its workers up: start it again; anything later is a failure
+        if out.returncode == 0 or "workers-up" in out.stdout or attempt == 2:
+            break
+        print(
+            f"  emulate could not start its cluster; again ({out.stderr[-300:]})", file=sys.stderr
+        )
+        shutil.rmtree(workdir / "runs", ignore_errors=True)
     if out.returncode != 0:
-        raise RuntimeError(f"emulate {chaos!r} exited {out.returncode}:\n{out.stdout[-3000:]}")
+        raise RuntimeError(
+            f"emulate {chaos!r} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-2000:]}"
+        )
     print(f"  ran {chaos or 'no faults'} ({time.monotonic() - started:.0f}s)", file=sys.stderr)
     return json.loads(report.read_text())
 
