@@ -77,6 +77,22 @@ def test_expiry_lets_another_take_over(run_url: str, storage_options: dict) -> N
         a.renew()
 
 
+def test_a_late_renewal_keeps_a_lease_nobody_took(run_url: str, storage_options: dict) -> None:
+    """A starved holder renews after its expiry: the swap against its own last write succeeds
+    (nobody wrote since), same generation; once a taker wrote, the late renewal is lost."""
+    clock = Clock()
+    a = _lease(run_url, storage_options, "a", clock=clock)
+    first = a.acquire()
+    clock.offset = TTL + 5  # expired, nobody took it
+    renewed = a.renew()
+    assert renewed.generation == first.generation and renewed.expires_at > first.expires_at
+    assert a.held and a.read().holder == "a"
+    clock.offset += TTL + 5
+    _lease(run_url, storage_options, "c", clock=clock).acquire()
+    with pytest.raises(LeaseLostError, match="taken over by c"):
+        a.renew()
+
+
 def test_renew_after_takeover_is_lost(run_url: str, storage_options: dict) -> None:
     clock_a, clock_c = Clock(), Clock()
     a = _lease(run_url, storage_options, "a", clock=clock_a)
