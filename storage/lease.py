@@ -124,7 +124,7 @@ class Lease:
     """Exclusive, expiring ownership of a run; see the module docstring for guarantees.
 
     ``acquire()`` raises :class:`LeaseHeldError` naming the holder and expiry; ``renew()``
-    extends it (call it every ``ttl_s / 3``); ``release()`` hands it back. Usable as a context
+    extends it (call it every ``ttl_s / 5``); ``release()`` hands it back. Usable as a context
     manager (acquire on enter, release on exit).
     """
 
