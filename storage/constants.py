@@ -78,10 +78,11 @@ DEFAULT_SWEEP_MIN_AGE_S = env_float("SPOTRAIN_SWEEP_MIN_AGE_S", 6 * 3600.0)
 #: two does not lose the lease; each renewal costs two requests per run every 2 s.
 DEFAULT_LEASE_TTL_S = env_float("SPOTRAIN_LEASE_TTL_S", 10.0)
 #: The shortest lease a Lease accepts. Depends on DEFAULT_LEASE_SAFETY_MARGIN_S: a TTL must also
-#: exceed twice the margin (a holder stops renewing one margin before expiry, a taker waits one
-#: past it), and renewals (every TTL/5) must fit in between. Fencing (storage.fencing) keeps a
+#: exceed twice the margin (a holder's renewal within one margin of expiry is a late one that
+#: only the swap decides, a taker waits one past it), and renewals (every TTL/5) must fit in
+#: between. Fencing (storage.fencing) keeps a
 #: short lease safe: a writer that outlived its lease cannot commit or delete anything.
 MIN_LEASE_TTL_S = 5.0
-#: A holder refuses to renew in the last margin before expiry (and a taker waits this long after
-#: it), so clock skew + one write's latency below this margin cannot give two holders.
+#: A taker waits this long past a lease's expiry; a holder renewing in the last margin before
+#: expiry (or after it) keeps the lease only through the compare-and-swap (storage.lease).
 DEFAULT_LEASE_SAFETY_MARGIN_S = env_float("SPOTRAIN_LEASE_SAFETY_MARGIN_S", 2.0)
