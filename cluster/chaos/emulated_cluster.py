@@ -56,10 +56,11 @@ class EmulatedCluster:
     def start(self) -> EmulatedCluster:
         from ray.cluster_utils import Cluster
 
-        self._cluster = Cluster(
-            initialize_head=True,
-            head_node_args={"num_cpus": 0, "object_store_memory": self._object_store_bytes},
-        )
+        # dashboard_port None: the first free port from 8265 on (cluster_utils' default is a
+        # fixed 8265, so a second Ray on the machine made the head fail: "Could not read
+        # 'dashboard' from GCS")
+        head = {"num_cpus": 0, "object_store_memory": self._object_store_bytes}
+        self._cluster = Cluster(initialize_head=True, head_node_args={**head, "dashboard_port": None})
         for _ in range(self._nodes_wanted):
             self.add_node(wait=False)
         self._cluster.wait_for_nodes()
