@@ -60,7 +60,9 @@ class EmulatedCluster:
         # fixed 8265, so a second Ray on the machine made the head fail: "Could not read
         # 'dashboard' from GCS")
         head = {"num_cpus": 0, "object_store_memory": self._object_store_bytes}
-        self._cluster = Cluster(initialize_head=True, head_node_args={**head, "dashboard_port": None})
+        self._cluster = Cluster(
+            initialize_head=True, head_node_args={**head, "dashboard_port": None}
+        )
         for _ in range(self._nodes_wanted):
             self.add_node(wait=False)
         self._cluster.wait_for_nodes()
