@@ -54,8 +54,9 @@ def spotrain_cold_start(workdir: Path) -> dict[str, Any]:
     pending = next(e for e in evs if e["kind"] == "state")  # written once the lease is held
     start = next(e for e in evs if e["kind"] == "attempt_start")
     first = next(e for e in evs if e["kind"] == "checkpoint_commit")
-    attempt_end = next(e for e in evs if e["kind"] == "attempt_end")
+    attempt_end = _events_of(evs, "attempt_end")[-1]
     return {
+        "attempts": len(_events_of(evs, "attempt_start")),
         "lease_s": pending["time"] - launched,
         "driver_s": start["time"] - pending["time"],
         "ray_and_workers_s": first["time"] - start["time"],
