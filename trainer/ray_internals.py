@@ -4,6 +4,12 @@
    returns the Train function utilities inside a Ray Train V2 worker and raises elsewhere: it
    tells whether this process is a Ray Train worker, with no side effect. (The public
    ``ray.train.get_context()`` is only meant to be called inside one.)
+2. ``ray.train.v2._internal.execution.context.get_train_context()`` (no arguments) returns this
+   worker's internal ``TrainContext``, whose ``preemption_context.preemption_info`` the worker
+   actor's main thread sets (``RayTrainWorker.mark_preempt``) when a drain of a node of the
+   group is seen. ``ray.train.get_preemption_info()`` broadcasts rank 0's copy of it (a barrier
+   every rank must call equally often); :func:`local_preemption_info` reads this worker's own
+   copy without a barrier, so a thread beside the step loop can watch it at any moment.
 
 :func:`check_hooks` verifies it at run time and raises :class:`RayInternalsChanged` if Ray
 changed (a worker that took itself for a single local worker would train alone, silently);
@@ -26,6 +32,7 @@ RAY_TOKEN_BANNER_LOGGER = "ray._private.authentication.authentication_token_setu
 
 TESTED_RAY = "2.60"
 TRAIN_FN_UTILS_MODULE = "ray.train.v2._internal.execution.train_fn_utils"
+TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
 
 
 class RayInternalsChanged(SpotrainError):
@@ -56,9 +63,31 @@ def _get_train_fn_utils() -> Callable[[], Any]:
     return get
 
 
+def _get_train_context() -> Callable[[], Any]:
+    try:
+        module = importlib.import_module(TRAIN_CONTEXT_MODULE)
+    except ImportError as exc:
+        raise changed([f"{TRAIN_CONTEXT_MODULE} is gone ({exc})"]) from None
+    get = getattr(module, "get_train_context", None)
+    if get is None or inspect.signature(get).parameters:
+        raise changed([f"{TRAIN_CONTEXT_MODULE}.get_train_context() is gone or takes arguments"])
+    fields = getattr(getattr(module, "TrainContext", None), "__dataclass_fields__", {})
+    if "preemption_context" not in fields:
+        raise changed([f"{TRAIN_CONTEXT_MODULE}.TrainContext has no preemption_context"])
+    return get
+
+
 def check_hooks() -> None:
-    """Raise :class:`RayInternalsChanged` if the trainer's private Ray hook changed."""
+    """Raise :class:`RayInternalsChanged` if one of the trainer's private Ray hooks changed."""
     _get_train_fn_utils()
+    _get_train_context()
+
+
+def local_preemption_info() -> Any:
+    """This Ray Train worker's own copy of the preemption notice (a ``PreemptionInfo``), or
+    None; no barrier, callable from any thread of the worker."""
+    context = _get_train_context()()
+    return getattr(context.preemption_context, "preemption_info", None)
 
 
 def in_ray_train_worker() -> bool:

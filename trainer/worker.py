@@ -13,6 +13,7 @@ from typing import Any
 from trainer import env
 from trainer.cluster_context import WorkerContext
 from trainer.job import TrainJob
+from trainer.notice_watcher import NoticeWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     job = TrainJob.from_dict(config)
     worker = WorkerContext.detect()
-    strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
-    env.check_legacy_keras()
-    worker.phase_times.update(entered=entered, tf_ready=time.time())
-    logger.info("[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size)
-    result = train(job, worker, strategy)
+    # seen from now on; the ranks act on it before their first step (nothing to save then)
+    with NoticeWatcher(worker) as worker.notice_watcher:
+        strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
+        env.check_legacy_keras()
+        worker.phase_times.update(entered=entered, tf_ready=time.time())
+        logger.info(
+            "[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size
+        )
+        result = train(job, worker, strategy)
     worker.report(
         {
             "loss": float(result.history.get("loss", [float("nan")])[-1])
