@@ -72,7 +72,7 @@ def test_poll_schedule_first_boundary_then_grid_for_fast_steps() -> None:
     schedule.begin(23)
     assert schedule.due(24)  # the attempt's first boundary
     schedule.polled(24, slowest_step_s=0.01)  # 10 steps = 0.1 s: on the grid
-    assert [g for g in range(25, 41) if schedule.due(g)][0] == 30
+    assert next(g for g in range(25, 41) if schedule.due(g)) == 30
     schedule.polled(30, slowest_step_s=0.01)
     assert not schedule.due(39) and schedule.due(40)
 
