@@ -56,9 +56,15 @@ class EmulatedCluster:
     def start(self) -> EmulatedCluster:
         from ray.cluster_utils import Cluster
 
+        from cluster.ray.runner import RAY_SYSTEM_CONFIG
+
         self._cluster = Cluster(
             initialize_head=True,
-            head_node_args={"num_cpus": 0, "object_store_memory": self._object_store_bytes},
+            head_node_args={
+                "num_cpus": 0,
+                "object_store_memory": self._object_store_bytes,
+                "_system_config": dict(RAY_SYSTEM_CONFIG),
+            },
         )
         for _ in range(self._nodes_wanted):
             self.add_node(wait=False)
@@ -124,7 +130,9 @@ class EmulatedCluster:
         return pids[0]
 
     def drain_node(self, deadline_s: float, node_id: str | None = None) -> str:
-        """Drain a node as a spot reclaim does (reason PREEMPTION); remove it at the deadline."""
+        """Drain a node as a spot reclaim does (reason PREEMPTION); remove it once no training
+        worker is left on it (they saved and ended: the node is released at once, as a drained
+        node is), at the latest at the deadline."""
         from cluster.ray.internals import drain_node
 
         node = self._pick_node(node_id)
@@ -137,7 +145,11 @@ class EmulatedCluster:
         timer.daemon = True
         timer.start()
         self._timers.append(timer)
-        logger.info("draining node %s, removal in %.1fs", node.node_id[:8], deadline_s)
+        release = threading.Thread(target=self._release_when_idle, args=(node, timer), daemon=True)
+        release.start()
+        logger.info(
+            "draining node %s, removal in %.1fs at the latest", node.node_id[:8], deadline_s
+        )
         return str(node.node_id)
 
     def kill_node(self, node_id: str | None = None) -> str:
@@ -161,9 +173,23 @@ class EmulatedCluster:
         busy = set(self.train_worker_pids())
         return next((n for n in candidates if n.node_id in busy), candidates[0])
 
+    def _release_when_idle(self, node: Any, timer: threading.Timer) -> None:
+        """Remove the drained ``node`` as soon as it runs no training worker (polls ~4x/s)."""
+        while timer.is_alive():
+            try:
+                idle = node.node_id not in self.train_worker_pids()
+            except Exception:  # the state API is busy or the cluster is shutting down: retry
+                idle = False
+            if idle:
+                timer.cancel()
+                logger.info("drained node %s runs no training worker: released", node.node_id[:8])
+                self._remove(node)
+                return
+            timer.join(0.25)
+
     def _remove(self, node: Any) -> None:
         with self._lock:
-            if node not in self._workers:
+            if node not in self._workers or self._cluster is None:
                 return
             self._workers.remove(node)
         self._cluster.remove_node(node, allow_graceful=False)

@@ -173,6 +173,7 @@ def report_json(
                 "fault": f.fault.describe(),
                 "kind": f.fault.kind.value,
                 "at_s": f.at_s,
+                "wall_time": f.wall_time,
                 "target": f.target,
                 "skipped": f.skipped,
             }

@@ -139,6 +139,22 @@ def test_kill_worker(tmp_path, reference):
     _check_run(report, run_url, reference)
 
 
+def test_a_worker_restarted_after_a_fault_was_warm(tmp_path, references):
+    """Once training runs, each worker asks its raylet for a spare process in its runtime env;
+    the preload (``trainer.warm``) imports TensorFlow there. The worker group restarted after
+    the kill takes the spares: its chief imported TensorFlow before the fault, not after."""
+    report, run_url = _emulate(
+        tmp_path, "--clock", "training", "--chaos", "kill-worker@6s", epochs=RANDOM_EPOCHS
+    )
+    events = _check_run(report, run_url, references(RANDOM_EPOCHS))
+    fault = next(f for f in report["faults"] if f["kind"] == "kill-worker" and not f["skipped"])
+    after = [e for e in events if e["kind"] == "restore" and e["time"] > fault["wall_time"]]
+    assert after, "no restore after the fault"
+    warm_at = after[0]["payload"].get("warm_at")
+    assert warm_at is not None, f"the restarted chief was not preloaded: {after[0]['payload']}"
+    assert warm_at < fault["wall_time"], "the restarted chief imported TensorFlow after the fault"
+
+
 def test_drain_node_is_a_noticed_preemption_that_loses_no_step(tmp_path, references):
     # The fault clock starts when the worker processes exist; their start-up (imports, strategy,
     # build) then takes 10-30 s on 2 busy cores, and a 3-epoch run trains for ~4 s. A notice is
