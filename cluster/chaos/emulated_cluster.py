@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,12 @@ logger = logging.getLogger(__name__)
 
 #: Actor class of a Ray Train V2 worker; its processes are what ``kill-worker`` hits.
 TRAIN_WORKER_CLASS = "RayTrainWorker"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class EmulationError(SpotrainError):
@@ -64,6 +71,9 @@ class EmulatedCluster:
                 "num_cpus": 0,
                 "object_store_memory": self._object_store_bytes,
                 "_system_config": dict(RAY_SYSTEM_CONFIG),
+                # the state API (train_worker_pids) needs this cluster's own dashboard: Ray's
+                # fixed default port is taken when another cluster runs on this machine
+                "dashboard_port": _free_port(),
             },
         )
         for _ in range(self._nodes_wanted):
