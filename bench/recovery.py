@@ -108,14 +108,20 @@ def _median(values: list[Any]) -> float | None:
     return statistics.median(known) if known else None
 
 
-def fault_table(repeats: int, epochs: int, base: Path) -> list[dict[str, Any]]:
+def fault_table(
+    repeats: int, epochs: int, base: Path, kinds: list[str] | None = None
+) -> list[dict[str, Any]]:
     rows = []
     for kind, chaos in FAULTS.items():
+        if kinds and kind not in kinds:
+            continue
         costs, reads = [], []
         for i in range(repeats):
             workdir = base / f"{kind}-{i}"
             report = emulate(chaos, epochs, workdir)
-            costs += [c for c in report["costs"] if c["fault"].startswith(kind)]
+            picked = [c for c in report["costs"] if c["fault"].startswith(kind)]
+            print(f"    {kind} #{i + 1}: {json.dumps(picked)}", file=sys.stderr)
+            costs += picked
             reads.append(checkpoint_read_s(workdir))
         row: dict[str, Any] = {"fault": kind, "samples": len(costs)}
         for key in (*PHASES, "restart_s", "recovery_s", "steps_lost"):
@@ -268,6 +274,9 @@ def main() -> int:
     parser.add_argument("--fault-epochs", type=int, default=12, help="epochs of the fault runs")
     parser.add_argument("--only", choices=("faults", "goodput"), help="run one of the two parts")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--faults", help=f"comma-separated fault kinds to run (default all: {','.join(FAULTS)})"
+    )
     args = parser.parse_args()
     periods = [float(p) for p in args.periods.split(",") if p]
     if args.repeats < 1 or not periods or min(periods) <= DRAIN_DEADLINE_S:
@@ -277,7 +286,8 @@ def main() -> int:
     goodput: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="spotrain-bench-recovery-") as tmp:
         if args.only in (None, "faults"):
-            faults = fault_table(args.repeats, args.fault_epochs, Path(tmp) / "faults")
+            kinds = [k for k in (args.faults or "").split(",") if k]
+            faults = fault_table(args.repeats, args.fault_epochs, Path(tmp) / "faults", kinds)
         if args.only in (None, "goodput"):
             goodput = goodput_table(periods, args.epochs, Path(tmp) / "goodput")
     if args.json:
