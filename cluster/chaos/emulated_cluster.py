@@ -63,14 +63,17 @@ class EmulatedCluster:
     def start(self) -> EmulatedCluster:
         from ray.cluster_utils import Cluster
 
-        from cluster.ray.runner import RAY_SYSTEM_CONFIG
+        from cluster.ray.runner import MIN_STARTUP_CONCURRENCY, RAY_SYSTEM_CONFIG
 
         self._cluster = Cluster(
             initialize_head=True,
             head_node_args={
                 "num_cpus": 0,
                 "object_store_memory": self._object_store_bytes,
-                "_system_config": dict(RAY_SYSTEM_CONFIG),
+                "_system_config": {
+                    **RAY_SYSTEM_CONFIG,
+                    "worker_maximum_startup_concurrency": MIN_STARTUP_CONCURRENCY,
+                },
                 # the state API (train_worker_pids) needs this cluster's own dashboard: Ray's
                 # fixed default port is taken when another cluster runs on this machine
                 "dashboard_port": _free_port(),

@@ -66,6 +66,10 @@ RAY_SYSTEM_CONFIG: dict[str, Any] = {
     "health_check_timeout_ms": 2000,
     "health_check_failure_threshold": 3,
 }
+#: Worker processes a raylet starts at once. Ray's default is the node's CPUs, and a start past
+#: it is dropped, not queued, for a spare (seen: with 1-CPU nodes the spares asked for while
+#: Ray Train's helper actors started never came); spotrain raises it to at least this.
+MIN_STARTUP_CONCURRENCY = 4
 
 
 def set_driver_env() -> None:
@@ -127,7 +131,12 @@ class RayAttemptRunner:
                 log_to_driver=ctx.options.verbose,
                 logging_level=level,
                 runtime_env={"env_vars": env},
-                _system_config=RAY_SYSTEM_CONFIG,
+                _system_config={
+                    **RAY_SYSTEM_CONFIG,
+                    "worker_maximum_startup_concurrency": max(
+                        MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1
+                    ),
+                },
             )
             self.embedded = True
 
