@@ -3,8 +3,10 @@
 ``EmulatedCluster`` wraps ``ray.cluster_utils.Cluster``: a head that offers no CPUs (so no
 training worker lands there) plus N raylets, each offering the resources of one worker. Its
 methods inject the faults of :mod:`cluster.chaos.schedule`: SIGKILL a training worker, drain a
-node with Ray's PREEMPTION reason (through :mod:`cluster.ray.internals`) and remove it at the
-deadline, remove a node without notice, add one.
+node with Ray's PREEMPTION reason (through :mod:`cluster.ray.internals`) and remove it once no
+training worker is left on it (at the latest at the deadline), remove a node without notice, add
+one. The head gets spotrain's recovery settings (:data:`cluster.ray.runner.RAY_SYSTEM_CONFIG`:
+warm preload, fast node-loss detection), which the other raylets take from it.
 
 To keep Ray on loopback, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` must be in the environment
 before Ray is imported (Ray reads it at import; ``make test`` exports it).
