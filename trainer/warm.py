@@ -18,6 +18,7 @@ the recovery report can tell a warm restart from a cold one.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,6 +27,8 @@ import time
 TRAIN_WORKER_ENV = "SPOTRAIN_TRAIN_WORKER"
 #: The value of ``preload_python_modules`` that makes spotrain's training workers warm.
 PRELOAD_MODULES = "trainer.warm"
+#: When set (tests), a finished preload writes ``<dir>/<pid>.json`` ({"pid", "imported_at"}).
+MARKER_DIR_ENV = "SPOTRAIN_WARM_MARKER_DIR"
 
 #: Unix time this process finished importing TensorFlow and the trainer as a preload; None: it
 #: was not preloaded (a cold process imports them when the train function starts).
@@ -52,6 +55,10 @@ def preload() -> float | None:
         logger.warning("spotrain could not preload TensorFlow in this worker", exc_info=True)
         return None
     IMPORTED_AT = time.time()
+    marker_dir = os.environ.get(MARKER_DIR_ENV)
+    if marker_dir:
+        with open(os.path.join(marker_dir, f"{os.getpid()}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "imported_at": IMPORTED_AT}, f)
     return IMPORTED_AT
 
 

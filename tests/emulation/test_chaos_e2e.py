@@ -154,7 +154,7 @@ def test_a_worker_restarted_after_a_fault_was_warm(tmp_path, references):
     the preload (``trainer.warm``) imports TensorFlow there. The worker group restarted after
     the kill takes the spares: its chief imported TensorFlow before the fault, not after."""
     report, run_url = _emulate(
-        tmp_path, "--clock", "training", "--chaos", "kill-worker@6s", epochs=RANDOM_EPOCHS
+        tmp_path, "--clock", "training", "--chaos", "kill-worker@12s", epochs=RANDOM_EPOCHS
     )
     events = _check_run(report, run_url, references(RANDOM_EPOCHS))
     fault = next(f for f in report["faults"] if f["kind"] == "kill-worker" and not f["skipped"])

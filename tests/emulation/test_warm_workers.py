@@ -8,17 +8,20 @@ import os
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only; before ray
 
+import json
 import time
 
 import pytest
 import ray
 
 from cluster.chaos.emulated_cluster import EmulatedCluster
-from trainer.warm import TRAIN_WORKER_ENV
+from trainer.warm import MARKER_DIR_ENV, TRAIN_WORKER_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 TRAIN_ENV = {"env_vars": {"TF_USE_LEGACY_KERAS": "1", TRAIN_WORKER_ENV: "1"}}
+#: Generous: on a loaded 2-core machine a process imports TensorFlow in tens of seconds.
+PRELOAD_TIMEOUT_S = 300.0
 
 
 @ray.remote(num_cpus=1)
@@ -28,6 +31,7 @@ class Probe:
 
         warm = sys.modules.get("trainer.warm")
         return {
+            "pid": os.getpid(),
             "preloaded": warm is not None,
             "warm_at": getattr(warm, "IMPORTED_AT", None),
             "tensorflow": "tensorflow" in sys.modules,
@@ -61,14 +65,20 @@ def test_only_training_workers_import_tensorflow_at_preload(cluster):
     ray.kill(trainer)
 
 
-def test_a_spare_in_the_runtime_env_serves_the_next_actor_warm(cluster):
-    first = Probe.options(runtime_env=TRAIN_ENV).remote()
-    ray.get(first.info.remote(), timeout=300)
+def test_a_spare_in_the_runtime_env_serves_the_next_actor_warm(cluster, tmp_path):
+    env = {"env_vars": {**TRAIN_ENV["env_vars"], MARKER_DIR_ENV: str(tmp_path)}}
+    first = Probe.options(runtime_env=env).remote()
+    pid = ray.get(first.info.remote(), timeout=PRELOAD_TIMEOUT_S)["pid"]
     ray.get(first.ask_for_spare.remote(), timeout=60)
-    time.sleep(20)  # the spare starts and preloads TensorFlow (slow on a busy machine)
+    deadline = time.monotonic() + PRELOAD_TIMEOUT_S
+    while not [p for p in tmp_path.glob("*.json") if p.stem != str(pid)]:
+        assert time.monotonic() < deadline, "the spare never finished its preload"
+        time.sleep(0.2)
+    [spare] = [json.loads(p.read_text()) for p in tmp_path.glob("*.json") if p.stem != str(pid)]
     ray.kill(first)
     killed_at = time.time()
-    second = Probe.options(runtime_env=TRAIN_ENV).remote()
-    info = ray.get(second.info.remote(), timeout=300)
+    second = Probe.options(runtime_env=env).remote()
+    info = ray.get(second.info.remote(), timeout=PRELOAD_TIMEOUT_S)
+    assert info["pid"] == spare["pid"], "the next actor did not take the spare"
     assert info["warm_at"] is not None and info["warm_at"] < killed_at, info
     ray.kill(second)
