@@ -3,9 +3,12 @@ idle worker processes in its own job and runtime env (:func:`trainer.ray_interna
 
 A restarted worker group (a worker died, a node was drained or lost) then takes those
 processes instead of starting new ones; with :mod:`trainer.warm` preloaded they have already
-imported TensorFlow and the trainer, which is most of a cold restart. The request is made after
-the attempt's first step, from a thread, so the spares' own start-up does not compete with this
-attempt's. Without Ray, or when the raylet refuses, training goes on with cold restarts.
+imported TensorFlow and the trainer, which is most of a cold restart. The request is made when
+``fit`` begins (after the restore, before the first step is traced), from a thread, so the
+spares' own start-up does not compete with this attempt's restart. Seen on a loaded 2-core
+machine: a spare took ~35 s to import TensorFlow, so a fault soon after an attempt started may
+find its spare still importing (it is taken anyway, and finishes its import first). Without Ray,
+or when the raylet refuses, training goes on with cold restarts.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def request_spares(worker: WorkerContext, count: int, keep_alive_s: float) -> bo
 
 
 class WarmSpares(tf.keras.callbacks.Callback):
-    """After the attempt's first trained step, request the spares (once, in a thread)."""
+    """When ``fit`` begins (after the restore), request the spares (once, in a thread)."""
 
     spotrain_stateless = True  # nothing to save: BackupAndRestore skips it
 
@@ -52,7 +55,7 @@ class WarmSpares(tf.keras.callbacks.Callback):
         self.keep_alive_s = keep_alive_s
         self.thread: threading.Thread | None = None
 
-    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+    def on_train_begin(self, logs: Any = None) -> None:
         if self.thread is not None or self.count <= 0 or not self.worker.ray:
             return
         self.thread = threading.Thread(
