@@ -147,7 +147,9 @@ def fault_table(
         for i in range(repeats):
             workdir = base / f"{kind}-{i}"
             report = emulate(chaos, epochs, workdir)
-            costs += [c for c in report["costs"] if c["fault"].startswith(kind)]
+            picked = [c for c in report["costs"] if c["fault"].startswith(kind)]
+            print(f"    {kind} #{i + 1}: {json.dumps(picked)}", file=sys.stderr)
+            costs += picked
             reads.append(checkpoint_read_s(workdir))
         row: dict[str, Any] = {"fault": kind, "samples": len(costs)}
         for key in (*PHASES, "restart_s", "recovery_s", "steps_lost"):

@@ -13,9 +13,11 @@ CallbackList for that, :func:`trainer.keras_hooks.guard_hooks`; without it, at t
 of callbacks in the list does not matter. When a callback raises in one of those end hooks,
 the boundary the step reached is saved (as far as the callbacks ran) and the commit awaited
 before the exception goes on: a retry continues after that step or epoch, as with tf-keras.
-At a boundary the ranks poll for a preemption notice (SIGTERM, Ray's drain notice) every
-``preemption_poll_steps``; on one, they save, wait for the commit and stop with
-:class:`PreemptedError`.
+A notice (SIGTERM, Ray's drain notice) is seen at any moment by a watcher thread
+(:mod:`trainer.notice_watcher`); the ranks agree on it before the first step (a notice then ends
+the attempt at once, with nothing to save) and at the boundaries of their poll schedule (every
+``preemption_poll_steps``, sooner when steps are long); on one, they save, wait for the commit
+and stop with :class:`PreemptedError`.
 
 Restore (``restore()``, called by the trainer before it builds the input, else at train
 begin; again at the start of every later ``fit`` with the same instance): see
@@ -29,6 +31,8 @@ import logging
 from dataclasses import fields, replace
 from typing import Any
 
+import numpy as np
+
 from storage.checkpoints import CheckpointStore
 from storage.errors import SpotrainError
 from trainer import (
@@ -40,6 +44,7 @@ from trainer.backup_options import BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.errors import PreemptedError
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, build_optimizer, checkpoint_of
+from trainer.notice_watcher import NoticeWatcher, PollSchedule
 from trainer.preemption import PreemptionFlag
 from trainer.saved_state import SaveStats
 from trainer.training_state import WorkerTrainingState
@@ -143,6 +148,12 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         self.worker = worker or WorkerContext.detect()
         self.state = WorkerTrainingState(backup_dir, self.options, self.worker, store=store)
         self.flag = PreemptionFlag()
+        # the worker's watcher when the trainer started one at the worker's start, else our own
+        shared = getattr(self.worker, "notice_watcher", None)
+        self.watcher: NoticeWatcher = shared or NoticeWatcher(self.worker)
+        self._owns_watcher = shared is None
+        self.watcher.flag = self.flag
+        self._schedule = PollSchedule(0)
         self._supports_tf_logs = True
         self._first_epoch_begin = True
         self._fits = 0  # fits begun with this instance: each later one restores again
@@ -229,8 +240,16 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
             keras_hooks.guard_hooks(owner, self._after_end_hook, self._on_end_hook_error)
             self._guarded = owner
         self._first_epoch_begin = True
+        self._schedule = PollSchedule(self._poll_steps)
         if self._poll_steps:
             self.flag.install()
+            self.watcher.ignore((self.restored_state or {}).get("preemption_notice"))
+            self.watcher.start()
+            reason, _ = self._agree(0.0)
+            self._schedule.begin(self.global_step)
+            if reason:  # nothing trained in this attempt yet: nothing to save
+                self.state.end_before_training(reason)
+                raise PreemptedError(self.global_step, reason)
         if self.options.async_upload and self.worker.is_chief and self.state.start_async_commits():
             # fit does not call back on an exception: finish a pending upload before the
             # interpreter exits (the committer thread is a daemon)
@@ -324,6 +343,8 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         if self.model is not None:
             keras_hooks.remove_resume_point(self.model)
         self.flag.uninstall()
+        if self._owns_watcher:
+            self.watcher.stop()
         atexit.unregister(self._finish_at_exit)
         self.state.close(wait)
 
@@ -342,13 +363,24 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         return type(self.save_freq) is int and g % self.save_freq == 0
 
     def _poll(self, g: int) -> str:
-        k = self._poll_steps
-        if not k or g % k:
+        """At the boundaries of the poll schedule (the same on every rank): the agreed notice."""
+        if not self._schedule.due(g):
             return ""
-        info = self.worker.preemption_notice()  # Ray: a barrier, every rank at the same steps
-        local = "SIGTERM" if self.flag.is_set() else ""
-        if info is not None and self.state.note_notice(str(info)):
-            local = local or "ray-preemption-notice"
-        if st.any_rank(self.model.distribute_strategy, bool(local)):
-            return local or "peer-notice"
-        return ""
+        reason, slowest_step_s = self._agree(self._schedule.step_seconds(g))
+        self._schedule.polled(g, slowest_step_s)
+        return reason
+
+    def _agree(self, step_s: float) -> tuple[str, float]:
+        """One collective: whether any rank saw a notice (this rank's reason, or
+        ``"peer-notice"``; "" for none), and the slowest rank's ``step_s``."""
+        notice = self.watcher.check()
+        local = ""
+        if notice is not None and (notice.text is None or self.state.note_notice(notice.text)):
+            local = notice.reason
+        rows = st.gather_rows(
+            self.model.distribute_strategy, np.array([1.0 if local else 0.0, step_s])
+        )
+        slowest = float(rows[:, 1].max())
+        if rows[:, 0].max() > 0:
+            return local or "peer-notice", slowest
+        return "", slowest

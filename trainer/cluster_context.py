@@ -2,8 +2,9 @@
 
 Under Ray Train (V2) ``ray.train.get_context()`` gives rank and world size,
 ``ray.train.collective.broadcast_from_rank_zero`` shares small values and
-``ray.train.get_preemption_info()`` reports a coming preemption. Without Ray the process is
-a single worker (rank 0 of 1).
+``ray.train.get_preemption_info()`` reports a coming preemption (rank 0's copy, a barrier;
+``local_preemption_notice`` reads this worker's own copy without one). Without Ray the process
+is a single worker (rank 0 of 1).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ class WorkerContext:
     #: began; ``tf_ready``: the strategy's collectives are set up). The
     #: restore event carries them, so a recovery can be split into its parts.
     phase_times: dict[str, float] = field(default_factory=dict)
+    #: The :class:`trainer.notice_watcher.NoticeWatcher` started when the worker started (so a
+    #: notice during start-up is seen at once), or None; ``BackupAndRestore`` uses it.
+    notice_watcher: Any = None
 
     @classmethod
     def detect(cls) -> WorkerContext:
@@ -62,6 +66,15 @@ class WorkerContext:
         import ray.train
 
         return ray.train.get_preemption_info()
+
+    def local_preemption_notice(self) -> Any:
+        """This worker's own copy of Ray's preemption notice, or None; no barrier, so any
+        thread may call it at any time (the ranks agree on it later, at a step boundary)."""
+        if not self.ray:
+            return None
+        from trainer.ray_internals import local_preemption_info
+
+        return local_preemption_info()
 
     def report(self, metrics: dict[str, Any]) -> None:
         if not self.ray:

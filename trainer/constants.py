@@ -26,3 +26,18 @@ DEFAULT_COMMIT_TIMEOUT_S = env_float("SPOTRAIN_COMMIT_TIMEOUT_S", 600.0)
 
 #: Local folder for checkpoint staging ("" = the system temp dir).
 DEFAULT_LOCAL_TMP_DIR = os.environ.get("SPOTRAIN_LOCAL_TMP_DIR", "")
+
+#: How often a worker's notice watcher reads SIGTERM and Ray's drain notice (seconds).
+DEFAULT_NOTICE_WATCH_S = env_float("SPOTRAIN_NOTICE_WATCH_S", 0.25)
+#: Between two polls of the ranks, at most this many seconds of the slowest rank's steps (and
+#: at most PREEMPTION_POLL_STEPS steps): a notice during long steps is acted on at the next
+#: step boundary after about this long. Must be below the drain deadlines a run gets.
+DEFAULT_PREEMPTION_POLL_S = env_float("SPOTRAIN_PREEMPTION_POLL_S", 1.0)
+
+#: Warm spares: idle worker processes each training worker asks its node's raylet for, in its
+#: own job and runtime env, once training runs (0: none). With ``trainer.warm`` preloaded they
+#: have imported TensorFlow and the trainer, so a restarted worker group starts warm.
+DEFAULT_WARM_SPARES = env_int("SPOTRAIN_WARM_SPARES", 1)
+#: How long a spare is kept alive while idle (Ray kills idle workers above its soft limit after
+#: that). Longer than the run is fine: the spares end with the job.
+DEFAULT_SPARE_KEEP_ALIVE_S = env_float("SPOTRAIN_SPARE_KEEP_ALIVE_S", 3600.0)

@@ -4,6 +4,21 @@
    returns the Train function utilities inside a Ray Train V2 worker and raises elsewhere: it
    tells whether this process is a Ray Train worker, with no side effect. (The public
    ``ray.train.get_context()`` is only meant to be called inside one.)
+2. ``ray.train.v2._internal.execution.context.get_train_context()`` (no arguments) returns this
+   worker's internal ``TrainContext``, whose ``preemption_context.preemption_info`` the worker
+   actor's main thread sets (``RayTrainWorker.mark_preempt``) when a drain of a node of the
+   group is seen. ``ray.train.get_preemption_info()`` broadcasts rank 0's copy of it (a barrier
+   every rank must call equally often); :func:`local_preemption_info` reads this worker's own
+   copy without a barrier, so a thread beside the step loop can watch it at any moment.
+3. The raylet's ``NodeManagerService.PrestartWorkers`` gRPC call
+   (``ray.core.generated.node_manager_pb2.PrestartWorkersRequest``: ``language``, ``job_id``,
+   ``runtime_env_info``, ``keep_alive_duration_secs``, ``num_workers``), at the node's
+   ``NodeManagerAddress:NodeManagerPort`` from ``ray.nodes()``: it starts idle Python workers
+   for a job in a runtime env (``RuntimeEnvInfo.serialized_runtime_env``, here this worker's own
+   ``get_runtime_env_string()``, so the hash matches the next worker group's) and keeps them
+   alive that long even above ``num_workers_soft_limit``. Ray uses it inside its core worker;
+   Python has no public call for it. :func:`prestart_workers` (seen on Ray 2.60: a new actor in
+   that runtime env took such a worker, started seconds before, instead of a new process).
 
 :func:`check_hooks` verifies it at run time and raises :class:`RayInternalsChanged` if Ray
 changed (a worker that took itself for a single local worker would train alone, silently);
@@ -26,6 +41,7 @@ RAY_TOKEN_BANNER_LOGGER = "ray._private.authentication.authentication_token_setu
 
 TESTED_RAY = "2.60"
 TRAIN_FN_UTILS_MODULE = "ray.train.v2._internal.execution.train_fn_utils"
+TRAIN_CONTEXT_MODULE = "ray.train.v2._internal.execution.context"
 
 
 class RayInternalsChanged(SpotrainError):
@@ -56,9 +72,71 @@ def _get_train_fn_utils() -> Callable[[], Any]:
     return get
 
 
+def _get_train_context() -> Callable[[], Any]:
+    try:
+        module = importlib.import_module(TRAIN_CONTEXT_MODULE)
+    except ImportError as exc:
+        raise changed([f"{TRAIN_CONTEXT_MODULE} is gone ({exc})"]) from None
+    get = getattr(module, "get_train_context", None)
+    if get is None or inspect.signature(get).parameters:
+        raise changed([f"{TRAIN_CONTEXT_MODULE}.get_train_context() is gone or takes arguments"])
+    fields = getattr(getattr(module, "TrainContext", None), "__dataclass_fields__", {})
+    if "preemption_context" not in fields:
+        raise changed([f"{TRAIN_CONTEXT_MODULE}.TrainContext has no preemption_context"])
+    return get
+
+
+def _prestart_request_type() -> Any:
+    from ray.core.generated import node_manager_pb2
+
+    request = getattr(node_manager_pb2, "PrestartWorkersRequest", None)
+    wanted = {"language", "job_id", "runtime_env_info", "keep_alive_duration_secs", "num_workers"}
+    if request is None or not wanted <= set(request.DESCRIPTOR.fields_by_name):
+        raise changed(["node_manager_pb2.PrestartWorkersRequest is gone or lacks fields"])
+    return request
+
+
 def check_hooks() -> None:
-    """Raise :class:`RayInternalsChanged` if the trainer's private Ray hook changed."""
+    """Raise :class:`RayInternalsChanged` if one of the trainer's private Ray hooks changed."""
     _get_train_fn_utils()
+    _get_train_context()
+    _prestart_request_type()
+
+
+def prestart_workers(count: int, keep_alive_s: float, node_id: str | None = None) -> None:
+    """Ask the raylet of ``node_id`` (default: this worker's node) to start ``count`` idle Python
+    workers in this process's job and runtime env, kept alive ``keep_alive_s`` while idle.
+    Raises on an RPC error (the caller decides whether that matters)."""
+    import grpc
+    import ray
+    from ray.core.generated import common_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+
+    request_type = _prestart_request_type()
+    ctx = ray.get_runtime_context()
+    wanted = node_id or ctx.get_node_id()
+    node = next((n for n in ray.nodes() if n["NodeID"] == wanted and n["Alive"]), None)
+    if node is None:
+        raise RuntimeError(f"node {wanted} is not alive")
+    protos: Any = (common_pb2, runtime_environment_pb2)  # generated; no stubs for mypy
+    request = request_type(
+        language=protos[0].PYTHON,
+        job_id=bytes.fromhex(ctx.get_job_id()),
+        runtime_env_info=protos[1].RuntimeEnvInfo(
+            serialized_runtime_env=ctx.get_runtime_env_string()
+        ),
+        keep_alive_duration_secs=int(keep_alive_s),
+        num_workers=count,
+    )
+    address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
+    with grpc.insecure_channel(address) as channel:
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
+
+
+def local_preemption_info() -> Any:
+    """This Ray Train worker's own copy of the preemption notice (a ``PreemptionInfo``), or
+    None; no barrier, callable from any thread of the worker."""
+    context = _get_train_context()()
+    return getattr(context.preemption_context, "preemption_info", None)
 
 
 def in_ray_train_worker() -> bool:

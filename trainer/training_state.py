@@ -254,6 +254,16 @@ class WorkerTrainingState:
         self._notice = notice
         return True
 
+    def end_before_training(self, reason: str) -> None:
+        """A notice before this attempt trained a step: nothing to save; the chief records it."""
+        if self.worker.is_chief:
+            with events.best_effort():
+                g, attempt = self._global_step, self._attempt()
+                events.write_preemption(self.store.record, step=g, reason=reason, **attempt)
+        logger.warning(
+            "%s preempted (%s) before training: nothing to save", self.log_prefix(), reason
+        )
+
     # ------------------------------------------------------------------ position
     def begin_epoch(self, epoch: int) -> None:
         self._epoch = epoch

@@ -7,12 +7,14 @@ import, which is enough only if nothing imported TensorFlow earlier in the worke
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 from trainer import env
 from trainer.cluster_context import WorkerContext
 from trainer.job import TrainJob
+from trainer.notice_watcher import NoticeWatcher
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +28,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     entered = time.time()
     # Imported here, not at module level, so TensorFlow's import counts in the "tf_ready" phase
     # (and the driver, which pickles this function, never imports TensorFlow).
+    from trainer.spares import WarmSpares
     from trainer.training import make_strategy, train
+
+    # a warm process imported TensorFlow before it was given this function (trainer.warm)
+    warm_at = getattr(sys.modules.get("trainer.warm"), "IMPORTED_AT", None)
 
     job = TrainJob.from_dict(config)
     worker = WorkerContext.detect()
-    strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
-    env.check_legacy_keras()
-    worker.phase_times.update(entered=entered, tf_ready=time.time())
-    logger.info("[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size)
-    result = train(job, worker, strategy)
+    # seen from now on; the ranks act on it before their first step (nothing to save then)
+    with NoticeWatcher(worker) as worker.notice_watcher:
+        strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
+        env.check_legacy_keras()
+        worker.phase_times.update(entered=entered, tf_ready=time.time())
+        if warm_at is not None:
+            worker.phase_times["warm"] = warm_at
+        logger.info(
+            "[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size
+        )
+        result = train(job, worker, strategy, extra_callbacks=[WarmSpares(worker)])
     worker.report(
         {
             "loss": float(result.history.get("loss", [float("nan")])[-1])

@@ -40,6 +40,13 @@ def add_commands(sub: Any) -> None:
     em.add_argument(
         "--chaos-min-gap-s", type=float, default=10.0, help="least time between random faults"
     )
+    em.add_argument(
+        "--clock",
+        choices=("workers", "training"),
+        default="workers",
+        help="fault times count from when training workers are first up (default), or from "
+        "the run's first committed checkpoint (training)",
+    )
     em.add_argument("--report-json", metavar="FILE", help="also write the report as JSON")
     em.add_argument("--reference", action="store_true", help="compare with an uninterrupted run")
     em.add_argument("--storage", help="override storage (run URL = <storage>/<name>)")
@@ -71,15 +78,25 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         faults = []
     print("schedule: " + (", ".join(f.describe() for f in faults) or "no faults"))
     overrides = ["--storage", spec.storage, "--epochs", str(spec.epochs)]
+    location = RunLocation.from_url(spec.run_url, spec.storage_options)
+    clock_ready = None
+    if args.clock == "training":
+        from storage.checkpoints import CheckpointStore
+
+        store = CheckpointStore(location)
+
+        def clock_ready() -> bool:
+            return bool(store.committed_steps())
+
     options = EmulatorOptions(
         nodes=args.nodes,
         cpus_per_node=max(1, math.ceil(spec.scaling.cpus_per_worker)),
         driver_args=overrides,
         driver_env={"SPOTRAIN_LEASE_TTL_S": EMULATION_LEASE_TTL_S},
         timeout_s=args.timeout_s,
+        clock_ready=clock_ready,
     )
     result = Emulator(args.job, faults, options).run()
-    location = RunLocation.from_url(spec.run_url, spec.storage_options)
     events = RunRecord(location).events()
     summary = collect_status(location).to_json()
     costs = fault_costs(result, events)

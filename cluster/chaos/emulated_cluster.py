@@ -3,8 +3,10 @@
 ``EmulatedCluster`` wraps ``ray.cluster_utils.Cluster``: a head that offers no CPUs (so no
 training worker lands there) plus N raylets, each offering the resources of one worker. Its
 methods inject the faults of :mod:`cluster.chaos.schedule`: SIGKILL a training worker, drain a
-node with Ray's PREEMPTION reason (through :mod:`cluster.ray.internals`) and remove it at the
-deadline, remove a node without notice, add one.
+node with Ray's PREEMPTION reason (through :mod:`cluster.ray.internals`) and remove it once no
+training worker is left on it (at the latest at the deadline), remove a node without notice, add
+one. The head gets spotrain's recovery settings (:data:`cluster.ray.runner.RAY_SYSTEM_CONFIG`:
+warm preload, fast node-loss detection), which the other raylets take from it.
 
 To keep Ray on loopback, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` must be in the environment
 before Ray is imported (Ray reads it at import; ``make test`` exports it).
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 #: Actor class of a Ray Train V2 worker; its processes are what ``kill-worker`` hits.
 TRAIN_WORKER_CLASS = "RayTrainWorker"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class EmulationError(SpotrainError):
@@ -56,12 +65,21 @@ class EmulatedCluster:
     def start(self) -> EmulatedCluster:
         from ray.cluster_utils import Cluster
 
-        # dashboard_port None: the first free port from 8265 on (cluster_utils' default is a
-        # fixed 8265, so a second Ray on the machine made the head fail: "Could not read
-        # 'dashboard' from GCS")
-        head = {"num_cpus": 0, "object_store_memory": self._object_store_bytes}
+        from cluster.ray.runner import MIN_STARTUP_CONCURRENCY, RAY_SYSTEM_CONFIG
+
         self._cluster = Cluster(
-            initialize_head=True, head_node_args={**head, "dashboard_port": None}
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": 0,
+                "object_store_memory": self._object_store_bytes,
+                "_system_config": {
+                    **RAY_SYSTEM_CONFIG,
+                    "worker_maximum_startup_concurrency": MIN_STARTUP_CONCURRENCY,
+                },
+                # the state API (train_worker_pids) needs this cluster's own dashboard: Ray's
+                # fixed default port is taken when another cluster runs on this machine
+                "dashboard_port": _free_port(),
+            },
         )
         for _ in range(self._nodes_wanted):
             self.add_node(wait=False)
@@ -127,7 +145,9 @@ class EmulatedCluster:
         return pids[0]
 
     def drain_node(self, deadline_s: float, node_id: str | None = None) -> str:
-        """Drain a node as a spot reclaim does (reason PREEMPTION); remove it at the deadline."""
+        """Drain a node as a spot reclaim does (reason PREEMPTION); remove it once no training
+        worker is left on it (they saved and ended: the node is released at once, as a drained
+        node is), at the latest at the deadline."""
         from cluster.ray.internals import drain_node
 
         node = self._pick_node(node_id)
@@ -140,7 +160,11 @@ class EmulatedCluster:
         timer.daemon = True
         timer.start()
         self._timers.append(timer)
-        logger.info("draining node %s, removal in %.1fs", node.node_id[:8], deadline_s)
+        release = threading.Thread(target=self._release_when_idle, args=(node, timer), daemon=True)
+        release.start()
+        logger.info(
+            "draining node %s, removal in %.1fs at the latest", node.node_id[:8], deadline_s
+        )
         return str(node.node_id)
 
     def kill_node(self, node_id: str | None = None) -> str:
@@ -164,9 +188,23 @@ class EmulatedCluster:
         busy = set(self.train_worker_pids())
         return next((n for n in candidates if n.node_id in busy), candidates[0])
 
+    def _release_when_idle(self, node: Any, timer: threading.Timer) -> None:
+        """Remove the drained ``node`` as soon as it runs no training worker (polls ~4x/s)."""
+        while timer.is_alive():
+            try:
+                idle = node.node_id not in self.train_worker_pids()
+            except Exception:  # the state API is busy or the cluster is shutting down: retry
+                idle = False
+            if idle:
+                timer.cancel()
+                logger.info("drained node %s runs no training worker: released", node.node_id[:8])
+                self._remove(node)
+                return
+            timer.join(0.25)
+
     def _remove(self, node: Any) -> None:
         with self._lock:
-            if node not in self._workers:
+            if node not in self._workers or self._cluster is None:
                 return
             self._workers.remove(node)
         self._cluster.remove_node(node, allow_graceful=False)

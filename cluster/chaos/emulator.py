@@ -80,6 +80,8 @@ class EmulatorOptions:
         target_wait_s: how long a due kill-worker / kill-driver waits for its target to exist.
         timeout_s: give up (and kill the driver) after this long.
         poll_s: how often the loop checks the driver and the schedule.
+        clock_ready: when given, the fault clock starts only once it also returns True (the
+            CLI's ``--clock training``: once the run committed its first checkpoint).
     """
 
     nodes: int = 2
@@ -90,6 +92,7 @@ class EmulatorOptions:
     target_wait_s: float = 60.0
     timeout_s: float = 900.0
     poll_s: float = 0.2
+    clock_ready: Callable[[], bool] | None = None
 
 
 class Emulator:
@@ -141,7 +144,7 @@ class Emulator:
                 restart_at = now + opts.restart_delay_s
             if driver is None and restart_at is not None and now >= restart_at:
                 driver, restart_at = self._start_driver(cluster), None
-            if self._zero is None and cluster.train_worker_pids():
+            if self._zero is None and cluster.train_worker_pids() and self._clock_ready():
                 self._zero = time.monotonic()
                 self._note("workers-up", "fault clock starts")
             while pending and self._zero is not None and pending[0].at_s <= self._since_zero():
@@ -212,6 +215,10 @@ class Emulator:
         self._result.faults.append(InjectedFault(fault, at_s, wall, target, skipped))
         self._note(fault.kind.value, f"skipped: {skipped}" if skipped else target)
         return fault.kind is FaultKind.KILL_DRIVER and not skipped
+
+    def _clock_ready(self) -> bool:
+        ready = self.options.clock_ready
+        return ready is None or ready()
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._start

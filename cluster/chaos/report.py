@@ -12,6 +12,8 @@ across machines (``Event.time``), not the record's order (:mod:`storage.events`)
   TensorFlow), strategy (MultiWorkerMirroredStrategy's collective set-up), build (the user's
   model and input pipeline, optimizer slots) and restore;
 - restore: the seconds the trainer spent loading the checkpoint (``restore`` event payload);
+- warm: whether the restarted chief's process had imported TensorFlow before the fault (a warm
+  spare: its ``restore`` event's ``warm_at`` is earlier than the fault);
 - steps lost: the step reached at the fault (the furthest step in the events, extrapolated past
   the last commit at the commit rate) minus the step restored.
 """
@@ -40,6 +42,7 @@ class FaultCost:
     build_s: float | None = None
     restore_s: float | None = None
     steps_lost: int | None = None
+    warm: bool | None = None
 
     @property
     def recovery_s(self) -> float | None:
@@ -85,7 +88,13 @@ def _cost(injected: InjectedFault, result: EmulationResult, events: list[Any]) -
         build_s=_between(tf_ready, started),
         restore_s=float(seconds) if seconds is not None else None,
         steps_lost=lost,
+        warm=None if restore is None else _warm(payload, injected.wall_time),
     )
+
+
+def _warm(payload: dict[str, Any], fault_time: float) -> bool:
+    warm_at = payload.get("warm_at")
+    return warm_at is not None and float(warm_at) < fault_time
 
 
 def _between(start: Any, end: Any) -> float | None:
@@ -143,7 +152,7 @@ def render(result: EmulationResult, costs: list[FaultCost], summary: dict[str, A
         f"{summary.get('preemptions', 0)} preemption(s), "
         f"lost steps {summary.get('lost_steps', 0)}",
         f"{'fault':<28} {'target':<26} {'detect':>7} {'restart':>8} "
-        f"{'(process':>9} {'strategy':>8} {'build':>6} {'restore)':>9} {'lost':>5}",
+        f"{'(process':>9} {'strategy':>8} {'build':>6} {'restore)':>9} {'lost':>5} {'warm':>5}",
     ]
     for cost in costs:
         f = cost.fault
@@ -151,7 +160,8 @@ def render(result: EmulationResult, costs: list[FaultCost], summary: dict[str, A
             f"{f.fault.describe():<28} {f.target[:26]:<26} {fmt(cost.detection_s):>7} "
             f"{fmt(cost.restart_s):>8} {fmt(cost.process_s):>9} {fmt(cost.strategy_s):>8} "
             f"{fmt(cost.build_s):>6} {fmt(cost.restore_s):>9} "
-            f"{'-' if cost.steps_lost is None else cost.steps_lost:>5}"
+            f"{'-' if cost.steps_lost is None else cost.steps_lost:>5} "
+            f"{'-' if cost.warm is None else 'yes' if cost.warm else 'no':>5}"
         )
     for f in result.faults:
         if f.skipped:
@@ -173,6 +183,7 @@ def report_json(
                 "fault": f.fault.describe(),
                 "kind": f.fault.kind.value,
                 "at_s": f.at_s,
+                "wall_time": f.wall_time,
                 "target": f.target,
                 "skipped": f.skipped,
             }

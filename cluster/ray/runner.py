@@ -7,7 +7,13 @@ file of a dead local cluster is never joined.
 
 Every Ray worker gets ``TF_USE_LEGACY_KERAS=1`` through the runtime env (before any import) and
 the job's working directory (``TrainJob.working_dir``; under ``ray job submit --working-dir``
-the workers' own copy of it, their current directory).
+the workers' own copy of it, their current directory). The training workers' runtime env also
+carries ``SPOTRAIN_TRAIN_WORKER=1``, which makes :mod:`trainer.warm` preload TensorFlow and the
+trainer in their processes (and in the warm spares started in that env, :mod:`trainer.spares`).
+
+Recovery settings (:data:`RAY_SYSTEM_CONFIG`, given to the embedded Ray and the emulated
+cluster; a user's own cluster sets them at ``ray start``, see the README): every Python worker
+preloads ``trainer.warm``, and the GCS declares a silent node dead after ~3 s instead of ~15 s.
 
 Driver SIGTERM (embedded Ray only): the local node is drained with reason PREEMPTION and a
 deadline of ``sigterm_grace_s``, which Ray Train reports to every worker through
@@ -35,6 +41,7 @@ from cluster import constants
 from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from cluster.failure_policy import options_from_spec
+from trainer.warm import PRELOAD_MODULES, TRAIN_WORKER_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +53,23 @@ DRIVER_ENV_DEFAULTS = {
     **constants.WORKER_ENV_VARS,
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
+
+
+#: Ray system config for fast recovery (the raylets read it at start: ``ray.init`` of an embedded
+#: cluster, the emulated cluster's head; the other raylets get it from the GCS). A node that
+#: stops answering is dead after health_check_period_ms x health_check_failure_threshold (3 s;
+#: Ray's default 3000 x 5 = 15 s); a reply may take health_check_timeout_ms (2 s) before it
+#: counts as missed, so a raylet starved of CPU for a moment is not declared dead.
+RAY_SYSTEM_CONFIG: dict[str, Any] = {
+    "preload_python_modules": [PRELOAD_MODULES],
+    "health_check_period_ms": 1000,
+    "health_check_timeout_ms": 2000,
+    "health_check_failure_threshold": 3,
+}
+#: Worker processes a raylet starts at once. Ray's default is the node's CPUs, and a start past
+#: it is dropped, not queued, for a spare (seen: with 1-CPU nodes the spares asked for while
+#: Ray Train's helper actors started never came); spotrain raises it to at least this.
+MIN_STARTUP_CONCURRENCY = 4
 
 
 def set_driver_env() -> None:
@@ -109,6 +133,12 @@ class RayAttemptRunner:
                 log_to_driver=ctx.options.verbose,
                 logging_level=level,
                 runtime_env={"env_vars": env},
+                _system_config={
+                    **RAY_SYSTEM_CONFIG,
+                    "worker_maximum_startup_concurrency": max(
+                        MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1
+                    ),
+                },
             )
             self.embedded = True
 
@@ -177,7 +207,7 @@ class RayAttemptRunner:
             callbacks=[
                 MetricsEventCallback(loc, attempt=ctx.attempt, generation=ctx.lease_generation)
             ],
-            worker_runtime_env={"env_vars": dict(constants.WORKER_ENV_VARS)},
+            worker_runtime_env={"env_vars": {**constants.WORKER_ENV_VARS, TRAIN_WORKER_ENV: "1"}},
         )
         trainer = TensorflowTrainer(
             train_loop_per_worker,

@@ -129,14 +129,40 @@ def _noticed_preemptions_lost_nothing(events: list[dict[str, Any]]) -> None:
         i for i, e in enumerate(events) if e["kind"] == "preemption" and "step" in e["payload"]
     ]
     assert noticed, "no preemption notice reached the workers"
-    for i in noticed:
-        after = [e for e in events[i + 1 :] if e["kind"] == "restore"]
-        assert after and after[0]["payload"]["step"] == events[i]["payload"]["step"]
+    committed: set[int] = set()
+    for i, e in enumerate(events):
+        if e["kind"] == "checkpoint_commit":
+            committed.add(e["payload"]["step"])
+        if i not in noticed:
+            continue
+        step = e["payload"]["step"]
+        after = [x for x in events[i + 1 :] if x["kind"] in ("restore", "attempt_start")]
+        restores = [x for x in after if x["kind"] == "restore"]
+        if step == 0 and not committed:  # noticed before anything was committed: a fresh start
+            assert not restores or restores[0]["payload"]["step"] == 0
+            continue
+        assert restores and restores[0]["payload"]["step"] == step
 
 
 def test_kill_worker(tmp_path, reference):
     report, run_url = _emulate(tmp_path, "--chaos", "kill-worker@4s")
     _check_run(report, run_url, reference)
+
+
+def test_a_worker_restarted_after_a_fault_was_warm(tmp_path, references):
+    """Once training runs, each worker asks its raylet for a spare process in its runtime env;
+    the preload (``trainer.warm``) imports TensorFlow there. The worker group restarted after
+    the kill takes the spares: its chief imported TensorFlow before the fault, not after."""
+    report, run_url = _emulate(
+        tmp_path, "--clock", "training", "--chaos", "kill-worker@12s", epochs=RANDOM_EPOCHS
+    )
+    events = _check_run(report, run_url, references(RANDOM_EPOCHS))
+    fault = next(f for f in report["faults"] if f["kind"] == "kill-worker" and not f["skipped"])
+    after = [e for e in events if e["kind"] == "restore" and e["time"] > fault["wall_time"]]
+    assert after, "no restore after the fault"
+    warm_at = after[0]["payload"].get("warm_at")
+    assert warm_at is not None, f"the restarted chief was not preloaded: {after[0]['payload']}"
+    assert warm_at < fault["wall_time"], "the restarted chief imported TensorFlow after the fault"
 
 
 def test_drain_node_is_a_noticed_preemption_that_loses_no_step(tmp_path, references):
@@ -153,6 +179,23 @@ def test_drain_node_is_a_noticed_preemption_that_loses_no_step(tmp_path, referen
     events = _check_run(report, run_url, references(RANDOM_EPOCHS))
     _noticed_preemptions_lost_nothing(events)
     assert report["status"]["lost_steps"] == 0
+
+
+def test_a_notice_during_start_up_ends_the_attempt_at_once(tmp_path, reference):
+    """The drain comes while the workers start (importing, forming the group, building): their
+    watchers see it, and before the first step the ranks agree to stop with nothing to save; the
+    drained node is released as soon as its worker ended, long before the 60 s deadline."""
+    report, run_url = _emulate(tmp_path, "--chaos", "drain-node@1s:deadline=60,add-node@2s")
+    events = _check_run(report, run_url, reference)
+    _noticed_preemptions_lost_nothing(events)
+    early = [
+        e
+        for e in events
+        if e["kind"] == "preemption" and "source" not in e["payload"] and e["payload"]["step"] == 0
+    ]
+    assert early, "the notice was not acted on before the first step"
+    assert report["status"]["lost_steps"] == 0 and report["status"]["failures"] == 0
+    assert report["wall_s"] < 600
 
 
 def test_kill_node_then_capacity_returns(tmp_path, reference):

@@ -90,3 +90,17 @@ def test_a_fault_nothing_noticed_has_no_figures():
     kill = InjectedFault(Fault(FaultKind.KILL_NODE, 5.0), 5.0, T0 + 5.0, "node-2")
     [cost] = fault_costs(_result(kill), [_event("metrics", 1.0, global_step=3)])
     assert cost.detection_s is None and cost.recovery_s is None and cost.steps_lost is None
+
+
+def test_a_restart_is_warm_when_the_chief_imported_tensorflow_before_the_fault():
+    kill = InjectedFault(Fault(FaultKind.KILL_WORKER, 5.0), 5.0, T0 + 5.0, "pid 7")
+    warm = [_event("failure", 6.0), _event("restore", 8.0, step=10, warm_at=T0 + 2.0)]
+    cold = [_event("failure", 6.0), _event("restore", 12.0, step=10, warm_at=T0 + 9.0)]
+    unknown = [_event("failure", 6.0), _event("restore", 12.0, step=10)]
+    assert [fault_costs(_result(kill), e)[0].warm for e in (warm, cold, unknown)] == [
+        True,
+        False,
+        False,
+    ]
+    [cost] = fault_costs(_result(kill), warm)
+    assert render(_result(kill), [cost], {}).splitlines()[-1].endswith("yes")

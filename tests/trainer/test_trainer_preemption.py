@@ -1,6 +1,7 @@
 """Preemption notices: Ray's notice (faked through WorkerContext) and SIGTERM make the attempt
 save at the next poll step, commit, record a 'preemption' event and raise PreemptedError; the
-next attempt resumes with zero steps lost and ignores the notice it already handled."""
+next attempt resumes with zero steps lost and ignores the notice it already handled. A notice
+before the attempt's first step ends it at once, with nothing to save."""
 
 from __future__ import annotations
 
@@ -26,34 +27,78 @@ from trainer.training import train
 import tensorflow as tf  # isort: skip
 
 
-class NoticeAfter(WorkerContext):
-    """A single worker whose (Ray) preemption notice appears once step >= `after` was polled."""
+NOTICE = "PreemptionInfo(deadline=1234, ranks=[0])"
 
-    def __init__(self, after: int) -> None:
+
+class NoticeAfter(WorkerContext):
+    """A single worker whose (Ray) preemption notice appears once training reached step
+    ``after`` (0: there from the start, as when the drain came during the start-up)."""
+
+    def __init__(self, after: int, notice: str = NOTICE) -> None:
         super().__init__()
         self.after = after
-        self.polls = 0
+        self.notice = notice
         self.step = 0
 
-    def preemption_notice(self) -> Any:
-        self.polls += 1
-        return "PreemptionInfo(deadline=1234, ranks=[0])" if self.polls * 4 >= self.after else None
+    def local_preemption_notice(self) -> Any:
+        return self.notice if self.step >= self.after else None
+
+
+class CountSteps(tf.keras.callbacks.Callback):
+    """Tells the fake worker how far training got (the trained steps, restored ones included)."""
+
+    spotrain_stateless = True
+
+    def __init__(self, worker: NoticeAfter) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+        self.worker.step = int(self.model.optimizer.iterations.numpy())
+
+
+def _train(job: TrainJob, worker: NoticeAfter) -> Any:
+    return train(job, worker, extra_callbacks=[CountSteps(worker)])
 
 
 def test_ray_notice_saves_then_raises_and_resume_is_exact(tmp_path: Path, reference: Any) -> None:
     ref_tensors, ref_manifest, _ = reference("plateau")
     job = TrainJob.from_dict(job_dict(tmp_path, "notice", "plateau", preemption_poll_steps=4))
     with pytest.raises(PreemptedError) as info:
-        train(job, NoticeAfter(8))
-    assert info.value.step == 8 and info.value.retryable
+        _train(job, NoticeAfter(7))
+    assert info.value.step == 8 and info.value.retryable  # the next poll after step 7
     assert [e["payload"]["step"] for e in events(job.run_url, "preemption")] == [8]
     # the next attempt sees the same notice (the node is still draining): it must not stop
     # again for it, and it resumes at step 8 exactly
-    result = train(job, NoticeAfter(0))
+    result = _train(job, NoticeAfter(0))
     assert result.restored_step == 8 and result.finished
     tensors, manifest = final_checkpoint(job.run_url)
     assert_bitwise_equal(ref_tensors, tensors)
     assert history_of(manifest) == history_of(ref_manifest)
+
+
+def test_notice_before_the_first_step_ends_the_attempt_with_nothing_to_save(
+    tmp_path: Path, reference: Any
+) -> None:
+    """A notice that came during the start-up (strategy, build, restore) stops the attempt
+    before it trains a step; it saves nothing, and the next attempt resumes from the same step."""
+    ref_tensors, _, _ = reference("plateau")
+    job = TrainJob.from_dict(job_dict(tmp_path, "early", "plateau", preemption_poll_steps=4))
+    with pytest.raises(PreemptedError) as fresh:
+        _train(job, NoticeAfter(0))
+    assert fresh.value.step == 0
+    assert not list((tmp_path / "early" / "checkpoints").glob("*/MANIFEST.json"))
+    with pytest.raises(PreemptedError):
+        _train(job, NoticeAfter(7))  # saves step 8 for NOTICE
+    with pytest.raises(PreemptedError) as early:
+        _train(job, NoticeAfter(0, notice="PreemptionInfo(another drain)"))
+    assert early.value.step == 8 and early.value.reason == "ray-preemption-notice"
+    _, manifest = final_checkpoint(job.run_url)
+    assert manifest["step"] == 8  # nothing new was committed
+    assert [e["payload"]["step"] for e in events(job.run_url, "preemption")] == [0, 8, 8]
+    result = _train(job, NoticeAfter(10**9))
+    assert result.restored_step == 8 and result.finished
+    assert_bitwise_equal(ref_tensors, final_checkpoint(job.run_url)[0])
 
 
 class SigtermAt(tf.keras.callbacks.Callback):

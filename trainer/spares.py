@@ -1,0 +1,67 @@
+"""Warm spares: once an attempt trains, each Ray training worker asks its node's raylet for
+idle worker processes in its own job and runtime env (:func:`trainer.ray_internals.prestart_workers`).
+
+A restarted worker group (a worker died, a node was drained or lost) then takes those
+processes instead of starting new ones; with :mod:`trainer.warm` preloaded they have already
+imported TensorFlow and the trainer, which is most of a cold restart. The request is made when
+``fit`` begins (after the restore, before the first step is traced), from a thread, so the
+spares' own start-up does not compete with this attempt's restart. Seen on a loaded 2-core
+machine: a spare took ~35 s to import TensorFlow, so a fault soon after an attempt started may
+find its spare still importing (it is taken anyway, and finishes its import first). Without Ray,
+or when the raylet refuses, training goes on with cold restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from trainer.cluster_context import WorkerContext
+from trainer.constants import DEFAULT_SPARE_KEEP_ALIVE_S, DEFAULT_WARM_SPARES
+
+import tensorflow as tf  # isort: skip
+
+logger = logging.getLogger(__name__)
+
+
+def request_spares(worker: WorkerContext, count: int, keep_alive_s: float) -> bool:
+    """Ask this worker's raylet for ``count`` spares; False (logged) when it could not."""
+    from trainer.ray_internals import prestart_workers
+
+    try:
+        prestart_workers(count, keep_alive_s)
+    except Exception as exc:  # thread boundary: without spares restarts are only slower
+        logger.warning("[rank=%d] could not start warm spare workers: %s", worker.rank, exc)
+        return False
+    logger.info("[rank=%d] asked for %d warm spare worker(s)", worker.rank, count)
+    return True
+
+
+class WarmSpares(tf.keras.callbacks.Callback):
+    """When ``fit`` begins (after the restore), request the spares (once, in a thread)."""
+
+    spotrain_stateless = True  # nothing to save: BackupAndRestore skips it
+
+    def __init__(
+        self,
+        worker: WorkerContext,
+        count: int = DEFAULT_WARM_SPARES,
+        keep_alive_s: float = DEFAULT_SPARE_KEEP_ALIVE_S,
+    ) -> None:
+        super().__init__()
+        self.worker = worker
+        self.count = count
+        self.keep_alive_s = keep_alive_s
+        self.thread: threading.Thread | None = None
+
+    def on_train_begin(self, logs: Any = None) -> None:
+        if self.thread is not None or self.count <= 0 or not self.worker.ray:
+            return
+        self.thread = threading.Thread(
+            target=request_spares,
+            args=(self.worker, self.count, self.keep_alive_s),
+            name="spotrain-warm-spares",
+            daemon=True,
+        )
+        self.thread.start()

@@ -1,0 +1,65 @@
+"""Warm worker processes: what a Ray worker imports before it is given work.
+
+Ray's raylet setting ``preload_python_modules`` (environment ``RAY_preload_python_modules``,
+comma-separated) makes every Python worker process import those modules right after it
+connects, before it accepts a task or actor. With ``trainer.warm`` there, a process started in
+a spotrain training worker's runtime env (``SPOTRAIN_TRAIN_WORKER=1`` among its ``env_vars``:
+``cluster.ray.runner`` puts it there) imports TensorFlow, tf-keras, Ray Train's TensorFlow
+backend and spotrain's trainer at that moment; any other process (Ray Train's controller, its
+helper actors, other jobs' workers) imports nothing more than this module.
+
+Such a process is a *warm spare* when it was started before it is needed:
+:mod:`trainer.spares` asks each node's raylet for idle workers in the training workers' own
+job and runtime env once training runs, and a restarted worker group takes them instead of
+starting cold processes. :data:`IMPORTED_AT` (the unix time the preload finished; None when
+this process was not preloaded) goes into the ``restore`` event as ``warm_at``, so a test and
+the recovery report can tell a warm restart from a cold one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+#: In a process's environment: it runs (or is a spare for) a spotrain training worker.
+TRAIN_WORKER_ENV = "SPOTRAIN_TRAIN_WORKER"
+#: The value of ``preload_python_modules`` that makes spotrain's training workers warm.
+PRELOAD_MODULES = "trainer.warm"
+#: When set (tests), a finished preload writes ``<dir>/<pid>.json`` ({"pid", "imported_at"}).
+MARKER_DIR_ENV = "SPOTRAIN_WARM_MARKER_DIR"
+
+#: Unix time this process finished importing TensorFlow and the trainer as a preload; None: it
+#: was not preloaded (a cold process imports them when the train function starts).
+IMPORTED_AT: float | None = None
+
+logger = logging.getLogger(__name__)
+
+
+def preload() -> float | None:
+    """Import what a training worker needs, in a training worker's process only."""
+    global IMPORTED_AT
+    if IMPORTED_AT is not None or os.environ.get(TRAIN_WORKER_ENV) != "1":
+        return IMPORTED_AT
+    try:
+        from trainer import env
+
+        env.import_tensorflow(quiet=True)
+        import ray.train.tensorflow  # noqa: F401
+        import tf_keras  # noqa: F401
+
+        import trainer.training
+        import trainer.worker  # noqa: F401
+    except Exception:  # process boundary: a failed preload leaves a cold worker, not a dead one
+        logger.warning("spotrain could not preload TensorFlow in this worker", exc_info=True)
+        return None
+    IMPORTED_AT = time.time()
+    marker_dir = os.environ.get(MARKER_DIR_ENV)
+    if marker_dir:
+        with open(os.path.join(marker_dir, f"{os.getpid()}.json"), "w") as f:
+            json.dump({"pid": os.getpid(), "imported_at": IMPORTED_AT}, f)
+    return IMPORTED_AT
+
+
+preload()
