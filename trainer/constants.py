@@ -26,3 +26,8 @@ DEFAULT_COMMIT_TIMEOUT_S = env_float("SPOTRAIN_COMMIT_TIMEOUT_S", 600.0)
 
 #: Local folder for checkpoint staging ("" = the system temp dir).
 DEFAULT_LOCAL_TMP_DIR = os.environ.get("SPOTRAIN_LOCAL_TMP_DIR", "")
+
+#: A finite ``tf.data.Dataset`` from ``make_dataset`` is read once per attempt into memory (then
+#: each worker gathers only its rows) when it holds at most this many bytes; a larger one streams
+#: (every worker reads all of it). 0 = always stream.
+DEFAULT_MATERIALIZE_BYTES = env_int("SPOTRAIN_MATERIALIZE_BYTES", 2 * 2**30)
