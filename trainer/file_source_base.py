@@ -44,7 +44,7 @@ def list_files(fs: Any, path: str, spec: FileSource, suffixes: Sequence[str]) ->
     ext = "/".join(f"*{s}" for s in suffixes)
     try:
         if _GLOB & set(path):
-            files = [f for f in fs.glob(path) if not fs.isdir(f)]
+            files = [f for f in fs.glob(path) if not f.endswith(".idx") and not fs.isdir(f)]
         elif fs.isdir(path):
             files = [f for f in fs.find(path) if f.endswith(tuple(suffixes))]
         elif fs.exists(path):
