@@ -10,6 +10,7 @@ are allowed (e.g. JPEG bytes to decode).
 
 from __future__ import annotations
 
+import functools
 import io
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,8 +34,10 @@ def open_filesystem(spec: FileSource) -> tuple[Any, str]:
         return fsspec.core.url_to_fs(spec.url, **dict(spec.storage_options))
     except (ImportError, TypeError, ValueError) as exc:
         raise DataSourceError(
-            spec.url, f"cannot open its filesystem ({exc})", "install the fsspec backend of "
-            "the URL's protocol (s3fs for s3://, gcsfs for gs://) and pass options it accepts"
+            spec.url,
+            f"cannot open its filesystem ({exc})",
+            "install the fsspec backend of "
+            "the URL's protocol (s3fs for s3://, gcsfs for gs://) and pass options it accepts",
         ) from None
 
 
@@ -52,7 +55,9 @@ def list_files(fs: Any, path: str, spec: FileSource, suffixes: Sequence[str]) ->
         else:
             files = []
     except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise DataSourceError(spec.url, f"cannot list it ({exc})", _URL_FIX.format(ext=ext)) from None
+        raise DataSourceError(
+            spec.url, f"cannot list it ({exc})", _URL_FIX.format(ext=ext)
+        ) from None
     if not files:
         raise DataSourceError(spec.url, f"no {ext} files there", _URL_FIX.format(ext=ext))
     files = sorted(files)
@@ -133,6 +138,9 @@ class ColumnSource(Source):
     """A file source once its files are known: units (row groups / record runs) with their
     global start, a loader per unit, and the per-example column specs (name -> (dtype, shape))."""
 
+    #: The files' own type names of the columns, for messages (e.g. Arrow's ``string``).
+    type_names: dict[str, str] = {}  # noqa: RUF012  (replaced per instance, never mutated)
+
     def __init__(
         self,
         spec: FileSource,
@@ -171,7 +179,7 @@ class ColumnSource(Source):
         }
         for unit in np.unique(units):
             at = units == unit
-            cols = self._cache.get(int(unit), lambda u=int(unit): self.load_unit(u))
+            cols = self._cache.get(int(unit), functools.partial(self.load_unit, int(unit)))
             local = indices[at] - self._unit_starts[unit]
             for name in out:
                 out[name][at] = cols[name][local]
@@ -213,7 +221,7 @@ class ColumnSource(Source):
             if not numeric(dtype):
                 raise DataSourceError(
                     spec.url,
-                    f"column {name!r} has type {dtype} (not numeric)",
+                    f"column {name!r} has type {self.type_names.get(name, dtype)} (not numeric)",
                     "use numeric columns, or give a map (file.py:fn) that decodes it",
                 )
             if name in (spec.label, spec.weight) and shape:

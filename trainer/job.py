@@ -29,6 +29,7 @@ from pydantic_core import ArgsKwargs
 from storage.errors import InvalidNameError
 from storage.location import RUN_NAME_RULE, validate_run_name
 from trainer.constants import DEFAULT_KEEP_LAST, PREEMPTION_POLL_STEPS
+from trainer.data_spec import FileSource
 from trainer.entry_points import (
     DEFAULT_ENTRY_FNS,
     ENTRY_POINT_FORMS,
@@ -36,7 +37,6 @@ from trainer.entry_points import (
     load_entry_point,
     parse_entry_point,
 )
-from trainer.data_spec import FileSource
 from trainer.errors import JobSpecError
 from trainer.job_schema import (
     BATCH_RULE,

@@ -24,7 +24,6 @@ import pyarrow.parquet as pq
 
 from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError
-from trainer.sources import ReadCounter
 from trainer.file_source_base import (
     ColumnSource,
     CountingFile,
@@ -32,6 +31,7 @@ from trainer.file_source_base import (
     missing_columns,
     open_filesystem,
 )
+from trainer.sources import ReadCounter
 
 #: Default block: one row group, at most this many rows (a block is the shuffle's I/O unit).
 MAX_DEFAULT_BLOCK = 65_536
@@ -45,8 +45,10 @@ def column_array(arr: pa.Array | pa.ChunkedArray, name: str, url: str) -> np.nda
     if arr.null_count:
         raise DataSourceError(url, f"column {name!r} has null values", "fill or drop them")
     shape = [len(arr)]
-    while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or (
-        pa.types.is_fixed_size_list(arr.type)
+    while (
+        pa.types.is_list(arr.type)
+        or pa.types.is_large_list(arr.type)
+        or (pa.types.is_fixed_size_list(arr.type))
     ):
         lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
         if len(lengths) and (lengths != lengths[0]).any():
@@ -58,8 +60,10 @@ def column_array(arr: pa.Array | pa.ChunkedArray, name: str, url: str) -> np.nda
             )
         shape.append(int(lengths[0]) if len(lengths) else 0)
         arr = arr.flatten()
-    if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type) or (
-        pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type)
+    if (
+        pa.types.is_string(arr.type)
+        or pa.types.is_binary(arr.type)
+        or (pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type))
     ):
         values = np.array(
             [v if isinstance(v, bytes) else str(v).encode() for v in arr.to_pylist()],
@@ -126,6 +130,7 @@ class ParquetSource(ColumnSource):
             t = schema.field(c).type
             shape = tuple(probe[c].shape[1:]) if c in probe else ()
             columns[c] = (_numpy_dtype(t), shape)
+        self.type_names = {c: str(schema.field(c).type) for c in spec.columns}
         super().__init__(spec, rows, columns, map_fn, where, min(first_rows, MAX_DEFAULT_BLOCK))
         if probe:
             self._cache.get(0, lambda: probe)
@@ -156,7 +161,6 @@ class ParquetSource(ColumnSource):
 
     def load_unit(self, unit: int) -> dict[str, np.ndarray]:
         return self._read_unit(unit)
-
 
 
 def _is_list(t: pa.DataType) -> bool:

@@ -146,6 +146,8 @@ def materialize(ds: tf.data.Dataset, limit_bytes: int, where: str) -> ArraySourc
                     limit_bytes,
                 )
                 return None
-    flat = [np.concatenate(p) if p else np.zeros((0, *s.shape), s.dtype.as_numpy_dtype)
-            for p, s in zip(parts, specs, strict=True)]
+    flat = [
+        np.concatenate(p) if p else np.zeros((0, *s.shape), s.dtype.as_numpy_dtype)
+        for p, s in zip(parts, specs, strict=True)
+    ]
     return ArraySource(tf.nest.pack_sequence_as(ds.element_spec, flat), where)

@@ -13,6 +13,7 @@ spec (dtype, length of each feature) is taken from the first record.
 
 from __future__ import annotations
 
+import functools
 import struct
 import sys
 from collections.abc import Callable
@@ -117,7 +118,7 @@ class TFRecordSource(ColumnSource):
         (first,) = self._records(0, 0, 1)
         try:
             example = tf.train.Example.FromString(first)
-        except Exception as exc:  # noqa: BLE001  (protobuf's DecodeError: not an Example)
+        except Exception as exc:
             raise DataSourceError(
                 self.spec.url,
                 f"{self._files[0]}: the first record is not a tf.train.Example ({exc})",
@@ -144,7 +145,7 @@ class TFRecordSource(ColumnSource):
         serialized = np.empty(len(indices), dtype=object)
         for unit in np.unique(units):
             at = units == unit
-            cols = self._cache.get(int(unit), lambda u=int(unit): self.load_unit(u))
+            cols = self._cache.get(int(unit), functools.partial(self.load_unit, int(unit)))
             serialized[at] = cols["__records__"][indices[at] - self._unit_starts[unit]]
         try:
             parsed = tf.io.parse_example(tf.constant(list(serialized)), self._feature_spec)
@@ -160,7 +161,9 @@ class TFRecordSource(ColumnSource):
 
 def write_indexes(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Write ``<file>.idx`` beside every TFRecord file of ``url`` (one pass per file)."""
-    spec = FileSource(tfrecord=url, features=("_",), label="_", storage_options=storage_options or {})
+    spec = FileSource(
+        tfrecord=url, features=("_",), label="_", storage_options=storage_options or {}
+    )
     fs, path = open_filesystem(spec)
     written = []
     for f in list_files(fs, path, spec, SUFFIXES):

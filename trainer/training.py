@@ -15,9 +15,9 @@ from trainer import env
 from trainer.callback import BackupAndRestore, BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.data import DataContext, build_input, build_val_input, unmanaged_input
+from trainer.errors import JobSpecError, UserCodeError
 from trainer.file_sources import file_input, file_val_input
 from trainer.input_store import InputStore
-from trainer.errors import JobSpecError, UserCodeError
 from trainer.job import CallbackSpec, TrainJob, load_entry_point, load_job_entry
 from trainer.user_code import user_code
 
@@ -213,9 +213,7 @@ def train(
             return result
         val_kwargs: dict[str, Any] = {}
         if make_val is None and job.val_data is not None:  # a file source
-            val_ds, val_steps = file_val_input(
-                job.val_data, ctx, job.working_dir, strategy, inputs
-            )
+            val_ds, val_steps = file_val_input(job.val_data, ctx, job.working_dir, strategy, inputs)
             val_kwargs = {"validation_data": val_ds, "validation_steps": val_steps}
         elif make_val is not None:
             val_ds, val_steps = build_val_input(make_val, ctx, strategy, inputs)

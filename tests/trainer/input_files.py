@@ -25,7 +25,9 @@ def write_parquet(
     paths = []
     for i, part in enumerate(np.array_split(np.arange(len(y)), files)):
         path = folder / f"part-{i:03d}.parquet"
-        pq.write_table(pa.table({k: v[part] for k, v in cols.items()}), path, row_group_size=row_group)
+        pq.write_table(
+            pa.table({k: v[part] for k, v in cols.items()}), path, row_group_size=row_group
+        )
         paths.append(str(path))
     return paths
 
@@ -45,10 +47,17 @@ def write_tfrecord(folder: Path, x: np.ndarray, y: np.ndarray, files: int = 3) -
                     for j in range(x.shape[1])
                 }
                 feats["y"] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(y[r])]))
-                w.write(tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString())
+                w.write(
+                    tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+                )
         paths.append(str(path))
     return paths
 
 
 def source_spec(kind: str, folder: Path, features: int, **extra: Any) -> dict[str, Any]:
-    return {kind: str(folder), "features": [f"f{i}" for i in range(features)], "label": "y", **extra}
+    return {
+        kind: str(folder),
+        "features": [f"f{i}" for i in range(features)],
+        "label": "y",
+        **extra,
+    }

@@ -34,7 +34,9 @@ def _job(tmp_path: Path, name: str, source: str) -> dict[str, Any]:
     write(tmp_path / "train", x, y)
     write(tmp_path / "val", vx, vy, files=1)
     # blocks of 8 examples, 3 blocks per window: a global batch of 16 spans windows
-    job["data"] = source_spec(source, tmp_path / "train", toy_job.FEATURES, block_size=8, window_blocks=3)
+    job["data"] = source_spec(
+        source, tmp_path / "train", toy_job.FEATURES, block_size=8, window_blocks=3
+    )
     job["val_data"] = source_spec(source, tmp_path / "val", toy_job.FEATURES)
     return job
 
