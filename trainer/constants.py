@@ -31,3 +31,8 @@ DEFAULT_LOCAL_TMP_DIR = os.environ.get("SPOTRAIN_LOCAL_TMP_DIR", "")
 #: each worker gathers only its rows) when it holds at most this many bytes; a larger one streams
 #: (every worker reads all of it). 0 = always stream.
 DEFAULT_MATERIALIZE_BYTES = env_int("SPOTRAIN_MATERIALIZE_BYTES", 2 * 2**30)
+
+#: Global-batch rows one read of the index-addressable input covers (a chunk of
+#: ``DEFAULT_READ_ROWS // global_batch_size`` steps, at least one): larger chunks share the
+#: per-read cost; the first batch after a resume waits for one chunk.
+DEFAULT_READ_ROWS = env_int("SPOTRAIN_READ_ROWS", 8192)

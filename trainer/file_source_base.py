@@ -11,7 +11,6 @@ are allowed (e.g. JPEG bytes to decode).
 from __future__ import annotations
 
 import functools
-import io
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 
 from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError
-from trainer.sources import ReadCounter, Source
+from trainer.sources import Source
 
 import tensorflow as tf  # isort: skip
 
@@ -69,53 +68,14 @@ def list_files(fs: Any, path: str, spec: FileSource, suffixes: Sequence[str]) ->
     return files
 
 
-class CountingFile(io.RawIOBase):
-    """A read-only file that adds the bytes it returns to a :class:`ReadCounter`."""
-
-    def __init__(self, raw: Any, counter: Callable[[], ReadCounter], size: int) -> None:
-        super().__init__()
-        self._raw = raw
-        self._counter = counter
-        self._size = size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return int(self._raw.seek(offset, whence))
-
-    def tell(self) -> int:
-        return int(self._raw.tell())
-
-    def size(self) -> int:
-        return self._size
-
-    def read(self, n: int = -1) -> bytes:
-        data: bytes = self._raw.read(n)
-        self._counter().add(nbytes=len(data))
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
 class RowCache:
     """The decoded columns of the last few I/O units (row groups, record runs), LRU."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = max(1, capacity)
-        self._items: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
+        self._items: OrderedDict[int, Any] = OrderedDict()
 
-    def get(self, key: int, load: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    def get(self, key: int, load: Callable[[], Any]) -> Any:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -170,21 +130,27 @@ class ColumnSource(Source):
         raise NotImplementedError
 
     # -- reading ---------------------------------------------------------------------------
+    def unit_raw(self, unit: int) -> list[np.ndarray]:
+        """A unit's rows as ``read`` returns them (converted once, then cached)."""
+        return list(tf.nest.flatten(self._raw_rows(self.load_unit(unit))))
+
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         indices = np.asarray(indices, np.int64)
         units = np.searchsorted(self._unit_starts, indices, side="right") - 1
-        out = {
-            name: np.empty((len(indices), *shape), dtype=dtype)
-            for name, (dtype, shape) in self.columns.items()
-        }
-        for unit in np.unique(units):
-            at = units == unit
-            cols = self._cache.get(int(unit), functools.partial(self.load_unit, int(unit)))
-            local = indices[at] - self._unit_starts[unit]
-            for name in out:
-                out[name][at] = cols[name][local]
+        out = [
+            np.empty((len(indices), *s.shape), dtype=s.dtype.as_numpy_dtype)
+            for s in tf.nest.flatten(self.raw_spec)
+        ]
+        by_unit = np.argsort(units, kind="stable")
+        bounds = np.flatnonzero(np.diff(units[by_unit])) + 1
+        for rows in np.split(by_unit, bounds) if len(indices) else []:
+            unit = int(units[rows[0]])
+            arrays = self._cache.get(unit, functools.partial(self.unit_raw, unit))
+            local = indices[rows] - self._unit_starts[unit]
+            for o, a in zip(out, arrays, strict=True):
+                o[rows] = a[local]
         self.counter.add(len(indices))
-        return tf.nest.flatten(self._raw_rows(out))
+        return out
 
     def _raw_rows(self, cols: dict[str, np.ndarray]) -> Any:
         if self.map_fn is not None:

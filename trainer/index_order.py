@@ -34,10 +34,9 @@ _BLOCKS, _WINDOW = 1, 2
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer on a uint64 array (wraps, as intended)."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * _M1
-        x = (x ^ (x >> np.uint64(27))) * _M2
-        return x ^ (x >> np.uint64(31))
+    x = (x ^ (x >> np.uint64(30))) * _M1  # uint64 arrays wrap silently
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
 
 
 def derive_key(*parts: int) -> int:
@@ -64,9 +63,8 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
 
     def feistel(x: np.ndarray) -> np.ndarray:
         left, right = x >> np.uint64(half), x & mask
-        with np.errstate(over="ignore"):
-            for rk in round_keys:
-                left, right = right, left ^ (_mix(right ^ rk) & mask)
+        for rk in round_keys:
+            left, right = right, left ^ (_mix(right ^ rk) & mask)
         return (left << np.uint64(half)) | right
 
     out = feistel(index)
@@ -120,7 +118,11 @@ class EpochOrder:
         """Example indices of positions [start, stop) of the epoch."""
         if not 0 <= start <= stop <= self.examples:
             raise ValueError(f"positions [{start}, {stop}) outside [0, {self.examples})")
-        pos = np.arange(start, stop, dtype=np.int64)
+        return self.at(np.arange(start, stop, dtype=np.int64))
+
+    def at(self, pos: np.ndarray) -> np.ndarray:
+        """Example indices of the positions ``pos`` (any order, each in [0, examples))."""
+        pos = np.asarray(pos, dtype=np.int64)
         if not self.shuffle:
             return pos
         window = np.searchsorted(self._window_starts, pos, side="right") - 1

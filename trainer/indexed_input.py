@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainer import env  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
+from trainer.constants import DEFAULT_READ_ROWS
 from trainer.errors import JobSpecError
 from trainer.index_order import EpochOrder
 from trainer.sources import Source
@@ -36,6 +37,8 @@ class IndexedInput:
     seed: int
     epochs: int
     shuffle: bool = True
+    read_rows: int = DEFAULT_READ_ROWS
+    """Rows of one global-batch stream read per call (a chunk of read_rows // G steps)."""
     _spec: Any = field(default=None, init=False, repr=False)
     _orders: dict[int, EpochOrder] = field(default_factory=dict, init=False, repr=False)
 
@@ -76,6 +79,29 @@ class IndexedInput:
         start = step * self.global_batch_size + pipeline * per_pipeline
         return self.order(epoch).indices(start, start + per_pipeline)
 
+    def chunk_indices(
+        self, epoch: int, first_step: int, steps: int, pipeline: int = 0, pipelines: int = 1
+    ) -> np.ndarray:
+        """Example indices of ``steps`` consecutive steps of one pipeline, step after step."""
+        per_pipeline = self.global_batch_size // pipelines
+        starts = (first_step + np.arange(steps)) * self.global_batch_size + pipeline * per_pipeline
+        positions = (starts[:, None] + np.arange(per_pipeline)[None, :]).reshape(-1)
+        return self.order(epoch).at(positions)
+
+    def chunks(
+        self, initial_epoch: int, initial_step: int, chunk_steps: int
+    ) -> Iterator[tuple[int, int, int]]:
+        """(epoch, first step, steps) of the remaining steps, ``chunk_steps`` at a time (a
+        chunk never crosses an epoch's end)."""
+        if initial_step >= self.steps_per_epoch:
+            initial_epoch, initial_step = initial_epoch + 1, 0
+        for epoch in range(initial_epoch, self.epochs):
+            step = initial_step if epoch == initial_epoch else 0
+            while step < self.steps_per_epoch:
+                n = min(chunk_steps, self.steps_per_epoch - step)
+                yield epoch, step, n
+                step += n
+
     def steps(self, initial_epoch: int = 0, initial_step: int = 0) -> Iterator[tuple[int, int]]:
         """(epoch, step) of every remaining global batch."""
         if initial_step >= self.steps_per_epoch:
@@ -104,12 +130,17 @@ class IndexedInput:
         source = self.source
         flat_spec = tf.nest.flatten(source.raw_spec)
 
-        def rows() -> Iterator[tuple[np.ndarray, ...]]:
-            for epoch, step in self.steps(initial_epoch, initial_step):
-                yield tuple(source.read(self.pipeline_indices(epoch, step, pipeline, pipelines)))
+        # a read covers several steps (W-independent: read_rows // G of them), so per-call costs
+        # are shared; the first batch of a resume reads one chunk, at any position
+        chunk_steps = max(1, self.read_rows // self.global_batch_size)
 
-        signature = tuple(tf.TensorSpec([per_pipeline, *s.shape], s.dtype) for s in flat_spec)
-        ds = tf.data.Dataset.from_generator(rows, output_signature=signature)
+        def rows() -> Iterator[tuple[np.ndarray, ...]]:
+            for epoch, step, n in self.chunks(initial_epoch, initial_step, chunk_steps):
+                idx = self.chunk_indices(epoch, step, n, pipeline, pipelines)
+                yield tuple(a.reshape(n, per_pipeline, *a.shape[1:]) for a in source.read(idx))
+
+        signature = tuple(tf.TensorSpec([None, per_pipeline, *s.shape], s.dtype) for s in flat_spec)
+        ds = tf.data.Dataset.from_generator(rows, output_signature=signature).unbatch()
         ds = ds.map(lambda *flat: tuple(source.pack(list(flat))))
         if source.map_fn is not None:
             ds = ds.unbatch().map(

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError
 from trainer.file_source_base import (
     ColumnSource,
-    CountingFile,
     list_files,
     missing_columns,
     open_filesystem,
@@ -95,6 +95,11 @@ class ParquetSource(ColumnSource):
         self.counter = ReadCounter()  # footers count too
         fs, path = open_filesystem(spec)
         self._fs = fs
+        # pyarrow's own reader: native for local files, through fsspec otherwise; pre_buffer
+        # coalesces a row group's column chunks into few reads (few requests on S3)
+        self._arrow_fs = (
+            pafs.LocalFileSystem() if _is_local(fs) else pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+        )
         self._files = list_files(fs, path, spec, SUFFIXES)
         self._handles: dict[int, pq.ParquetFile] = {}
         self._units: list[tuple[int, int]] = []  # (file, row group)
@@ -141,22 +146,35 @@ class ParquetSource(ColumnSource):
 
     def _file(self, i: int) -> pq.ParquetFile:
         if i not in self._handles:
-            size = int(self._fs.size(self._files[i]))
-            raw = CountingFile(self._fs.open(self._files[i], "rb"), lambda: self.counter, size)
             try:
-                self._handles[i] = pq.ParquetFile(raw)
+                handle = pq.ParquetFile(
+                    self._arrow_fs.open_input_file(self._files[i]), pre_buffer=True
+                )
             except (pa.ArrowInvalid, OSError) as exc:
                 raise DataSourceError(
                     self.spec.url,
                     f"{self._files[i]} is not a Parquet file ({exc})",
                     "point the URL at Parquet files only",
                 ) from None
+            # the footer: its serialized metadata, plus length and magic
+            self.counter.add(nbytes=handle.metadata.serialized_size + 8)
+            self._handles[i] = handle
         return self._handles[i]
 
     def _read_unit(self, unit: int) -> dict[str, np.ndarray]:
         i, g = self._units[unit]
         names = list(self.spec.columns)
-        table = self._file(i).read_row_group(g, columns=names)
+        handle = self._file(i)
+        table = handle.read_row_group(g, columns=names)
+        group = handle.metadata.row_group(g)
+        wanted = set(names)
+        self.counter.add(
+            nbytes=sum(
+                group.column(c).total_compressed_size
+                for c in range(group.num_columns)
+                if group.column(c).path_in_schema in wanted
+            )
+        )
         return {c: column_array(table.column(c), c, self.spec.url) for c in names}
 
     def load_unit(self, unit: int) -> dict[str, np.ndarray]:
@@ -165,3 +183,8 @@ class ParquetSource(ColumnSource):
 
 def _is_list(t: pa.DataType) -> bool:
     return bool(pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t))
+
+
+def _is_local(fs: object) -> bool:
+    proto = getattr(fs, "protocol", "")
+    return (proto if isinstance(proto, str) else proto[0]) in ("file", "local")

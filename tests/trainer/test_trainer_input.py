@@ -60,7 +60,7 @@ def test_feistel_is_a_bijection_for_awkward_sizes() -> None:
 
 
 def _input(source, epochs: int = 3) -> IndexedInput:
-    return IndexedInput(source, G, 5, epochs)
+    return IndexedInput(source, G, 5, epochs, read_rows=G)  # one step per read
 
 
 @pytest.mark.parametrize("pipelines", [1, 2, 4])
@@ -75,7 +75,7 @@ def test_each_pipeline_reads_exactly_its_slice_of_every_global_batch(pipelines: 
         ds = _input(src).pipeline_dataset(p, pipelines, pipelines)
         batches = list(ds.take(3).as_numpy_iterator())
         assert all(b[0].shape == (G // pipelines, 2) for b in batches)
-    # prefetching may have read one step ahead; never more than a step beyond those taken
+    # tf.data may pull one read ahead; never more than one step beyond those taken
     assert all(3 * G // pipelines <= s.counter.examples <= 4 * G // pipelines for s in sources)
 
 
@@ -98,7 +98,7 @@ def test_a_resume_reads_only_the_rows_of_its_first_batch(tmp_path: Path) -> None
     )
     src = open_source(spec, REPO)
     footers = src.counter.bytes
-    inp = IndexedInput(src, G, 5, 2)
+    inp = IndexedInput(src, G, 5, 2, read_rows=G)
     ds = inp.pipeline_dataset(1, 2, 2, initial_epoch=1, initial_step=45)
     first = next(iter(ds))
     want = inp.pipeline_indices(1, 45, 1, 2)
