@@ -50,8 +50,8 @@ class FileSource:
     block_size: Annotated[
         StrictInt | None, Field(ge=1), Rule("an integer >= 1 (examples) or null")
     ] = None
-    """Examples per shuffle block, the I/O unit (default: Parquet, the rows of the first row
-    group, at most 65536; TFRecord, 1024)."""
+    """Examples per shuffle block (default: one block per Parquet row group, or per run of 1024
+    records of a TFRecord file: a block is the I/O unit)."""
     window_blocks: Annotated[StrictInt, Field(ge=0), Rule("0 (all) or an integer >= 1")] = 8
     """Blocks shuffled together (a worker caches one window's blocks); 0 = the whole epoch."""
 

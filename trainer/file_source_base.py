@@ -118,6 +118,10 @@ class ColumnSource(Source):
         self._unit_starts = np.concatenate([[0], np.cumsum(unit_rows)]).astype(np.int64)
         self.examples = int(self._unit_starts[-1])
         self.block = spec.block_size or default_block
+        # without a block_size, a block is one unit (row group / record run): no block
+        # straddles two units, so a block costs one unit's read
+        aligned = not spec.block_size and min(unit_rows) > 0
+        self.block_sizes = np.asarray(unit_rows, np.int64) if aligned else None
         self.window_blocks = spec.window_blocks
         smallest = max(1, min(r for r in unit_rows if r > 0))
         per_block = -(-self.block // smallest) + 1

@@ -28,6 +28,8 @@ _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _ROUNDS = 4
+#: Windows up to this many examples get their whole permutation computed once (8 bytes each).
+WINDOW_TABLE_MAX = 1 << 21
 #: Purposes of the keys derived from (seed, epoch): the block order, and each window's order.
 _BLOCKS, _WINDOW = 1, 2
 
@@ -89,24 +91,39 @@ class EpochOrder:
     block: int = 1
     window_blocks: int = 0  # 0 = one window over the whole epoch
     shuffle: bool = True
+    block_sizes: np.ndarray | None = field(default=None, compare=False)
+    """Blocks of their own sizes (e.g. one per Parquet row group), summing to ``examples``;
+    None = blocks of ``block`` examples (the last one shorter)."""
     _block_order: np.ndarray = field(init=False, repr=False, compare=False)
+    _origin: np.ndarray = field(init=False, repr=False, compare=False)
     _starts: np.ndarray = field(init=False, repr=False, compare=False)
     _window_starts: np.ndarray = field(init=False, repr=False, compare=False)
+    _window_perms: dict[int, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.examples < 1 or self.block < 1 or self.window_blocks < 0:
             raise ValueError(f"bad epoch order {self}")
-        blocks = -(-self.examples // self.block)
+        if self.block_sizes is not None:
+            sizes = np.asarray(self.block_sizes, dtype=np.int64)
+            if sizes.sum() != self.examples or (sizes < 1).any():
+                raise ValueError(f"block sizes do not add up to {self.examples} examples")
+        else:
+            blocks = -(-self.examples // self.block)
+            sizes = np.full(blocks, self.block, dtype=np.int64)
+            sizes[-1] = self.examples - (blocks - 1) * self.block
+        blocks = len(sizes)
         per_window = self.window_blocks or blocks
         if not self.shuffle or per_window >= blocks:
             order = np.arange(blocks, dtype=np.int64)  # one window: its permutation mixes all
         else:
             order = permute(np.arange(blocks), blocks, derive_key(self.seed, self.epoch, _BLOCKS))
-        last = self.examples - (blocks - 1) * self.block
-        sizes = np.where(order == blocks - 1, last, self.block)
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        origin = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        starts = np.concatenate([[0], np.cumsum(sizes[order])]).astype(np.int64)
         window_starts = starts[np.r_[np.arange(0, blocks, per_window), blocks]]
         object.__setattr__(self, "_block_order", order)
+        object.__setattr__(self, "_origin", origin)
         object.__setattr__(self, "_starts", starts)
         object.__setattr__(self, "_window_starts", window_starts)
 
@@ -120,6 +137,19 @@ class EpochOrder:
             raise ValueError(f"positions [{start}, {stop}) outside [0, {self.examples})")
         return self.at(np.arange(start, stop, dtype=np.int64))
 
+    def _in_window(self, w: int, offsets: np.ndarray, length: int) -> np.ndarray:
+        """The window's permutation at ``offsets``; a window up to WINDOW_TABLE_MAX examples
+        is computed whole once (then lookups are gathers)."""
+        key = derive_key(self.seed, self.epoch, _WINDOW, w)
+        if length > WINDOW_TABLE_MAX:
+            return permute(offsets, length, key)
+        table = self._window_perms.get(w)
+        if table is None:
+            if len(self._window_perms) >= 2:
+                self._window_perms.pop(next(iter(self._window_perms)))
+            table = self._window_perms[w] = permute(np.arange(length), length, key)
+        return table[offsets]
+
     def at(self, pos: np.ndarray) -> np.ndarray:
         """Example indices of the positions ``pos`` (any order, each in [0, examples))."""
         pos = np.asarray(pos, dtype=np.int64)
@@ -131,13 +161,6 @@ class EpochOrder:
             at = window == w
             w_start = int(self._window_starts[w])
             w_len = int(self._window_starts[w + 1]) - w_start
-            key = derive_key(self.seed, self.epoch, _WINDOW, int(w))
-            shuffled[at] = w_start + permute(pos[at] - w_start, w_len, key)
+            shuffled[at] = w_start + self._in_window(int(w), pos[at] - w_start, w_len)
         block = np.searchsorted(self._starts, shuffled, side="right") - 1
-        return self._block_order[block] * self.block + (shuffled - self._starts[block])
-
-    def blocks_of(self, start: int, stop: int) -> np.ndarray:
-        """The (original) block numbers the positions [start, stop) read, in first-use order."""
-        blocks = self.indices(start, stop) // self.block
-        _, first = np.unique(blocks, return_index=True)
-        return blocks[np.sort(first)]
+        return self._origin[self._block_order[block]] + (shuffled - self._starts[block])

@@ -68,6 +68,7 @@ class IndexedInput:
                 self.source.block,
                 self.source.window_blocks,
                 self.shuffle,
+                self.source.block_sizes,
             )
         return self._orders[epoch]
 
@@ -141,7 +142,9 @@ class IndexedInput:
 
         signature = tuple(tf.TensorSpec([None, per_pipeline, *s.shape], s.dtype) for s in flat_spec)
         ds = tf.data.Dataset.from_generator(rows, output_signature=signature).unbatch()
-        ds = ds.map(lambda *flat: tuple(source.pack(list(flat))))
+        flat_tuple = isinstance(source.raw_spec, tuple) and len(flat_spec) == len(source.raw_spec)
+        if not flat_tuple:  # nested (a dict of columns for the map): rebuild the structure
+            ds = ds.map(lambda *flat: tuple(source.pack(list(flat))))
         if source.map_fn is not None:
             ds = ds.unbatch().map(
                 source.apply_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

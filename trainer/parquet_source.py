@@ -3,8 +3,9 @@
 Opening reads every file's footer only (row counts and the schema: never a data pass); the
 first row group is read too when a list/tensor column needs its shape. A worker reads a row
 group (only the job's columns) the first time one of *its* rows lies in it and keeps the last
-few decoded (``RowCache``: about two shuffle windows); with the default block of one row
-group, a global batch touches the row groups of at most two windows.
+few decoded (``RowCache``: about two shuffle windows). By default a shuffle block is one row
+group, so a read of ``SPOTRAIN_READ_ROWS`` positions touches the row groups of one window
+(two at its edge): write files with row groups of ~10^4-10^5 rows.
 
 Bytes per worker: the column chunks of every row group holding one of its rows. Each global
 batch is drawn from one window of ``window_blocks`` blocks, so with ``W`` workers each reads
@@ -33,8 +34,6 @@ from trainer.file_source_base import (
 )
 from trainer.sources import ReadCounter
 
-#: Default block: one row group, at most this many rows (a block is the shuffle's I/O unit).
-MAX_DEFAULT_BLOCK = 65_536
 SUFFIXES = (".parquet", ".pq")
 
 
@@ -136,7 +135,7 @@ class ParquetSource(ColumnSource):
             shape = tuple(probe[c].shape[1:]) if c in probe else ()
             columns[c] = (_numpy_dtype(t), shape)
         self.type_names = {c: str(schema.field(c).type) for c in spec.columns}
-        super().__init__(spec, rows, columns, map_fn, where, min(first_rows, MAX_DEFAULT_BLOCK))
+        super().__init__(spec, rows, columns, map_fn, where, first_rows)
         if probe:
             self._cache.get(0, lambda: probe)
 

@@ -48,13 +48,14 @@ class Source:
     """Base of the index-addressable sources (see the module docstring).
 
     Subclasses set ``examples``, ``raw_spec`` (per-example ``tf.TensorSpec`` structure that
-    ``read`` yields), ``block`` / ``window_blocks`` (the shuffle's I/O unit, see
+    ``read`` yields), ``block`` or ``block_sizes`` and ``window_blocks`` (the I/O unit, see
     ``trainer.index_order``), ``map_fn`` and ``where`` (for messages).
     """
 
     examples: int = 0
     raw_spec: Any = None
     block: int = 1
+    block_sizes: np.ndarray | None = None  # blocks of their own sizes (row groups), or None
     window_blocks: int = 0
     map_fn: Callable[..., Any] | None = None
     where: str = "make_dataset"
