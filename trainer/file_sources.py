@@ -5,6 +5,8 @@ that raises: neither is retried)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
 
 from trainer.data import DataContext, indexed_val_input
@@ -23,7 +25,11 @@ def open_source(
     where: str = "data",
     store: InputStore | None = None,
 ) -> Source:
-    """The index-addressable source of a file spec (footers / index only: no data pass)."""
+    """The index-addressable source of a file spec (footers / index only: no data pass). A
+    relative local path is resolved against ``working_dir`` (where ``spotrain run`` ran)."""
+    if "://" not in spec.url and not os.path.isabs(spec.url) and working_dir:
+        absolute = os.path.join(working_dir, spec.url)
+        spec = dataclasses.replace(spec, **{spec.format: absolute})
     map_fn = None
     if spec.map is not None:
         with user_code(f"{where}.map"):
