@@ -32,7 +32,7 @@ DEFAULT_LOCAL_TMP_DIR = os.environ.get("SPOTRAIN_LOCAL_TMP_DIR", "")
 #: (every worker reads all of it). 0 = always stream.
 DEFAULT_MATERIALIZE_BYTES = env_int("SPOTRAIN_MATERIALIZE_BYTES", 2 * 2**30)
 
-#: Global-batch rows one read of the index-addressable input covers (a chunk of
+#: Global-batch rows one read of the index-addressable input covers at most (a chunk of
 #: ``DEFAULT_READ_ROWS // global_batch_size`` steps, at least one): larger chunks share the
-#: per-read cost; the first batch after a resume waits for one chunk.
-DEFAULT_READ_ROWS = env_int("SPOTRAIN_READ_ROWS", 8192)
+#: per-read cost. Reads start at one step and double, so a first batch waits for one step.
+DEFAULT_READ_ROWS = env_int("SPOTRAIN_READ_ROWS", 65_536)

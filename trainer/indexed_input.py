@@ -92,16 +92,18 @@ class IndexedInput:
     def chunks(
         self, initial_epoch: int, initial_step: int, chunk_steps: int
     ) -> Iterator[tuple[int, int, int]]:
-        """(epoch, first step, steps) of the remaining steps, ``chunk_steps`` at a time (a
-        chunk never crosses an epoch's end)."""
+        """(epoch, first step, steps) of the remaining steps: 1, 2, 4... up to ``chunk_steps``
+        at a time (a chunk never crosses an epoch's end)."""
         if initial_step >= self.steps_per_epoch:
             initial_epoch, initial_step = initial_epoch + 1, 0
+        size = 1  # the first read is one step (a fast first batch), then doubling
         for epoch in range(initial_epoch, self.epochs):
             step = initial_step if epoch == initial_epoch else 0
             while step < self.steps_per_epoch:
-                n = min(chunk_steps, self.steps_per_epoch - step)
+                n = min(size, self.steps_per_epoch - step)
                 yield epoch, step, n
                 step += n
+                size = min(2 * size, chunk_steps)
 
     def steps(self, initial_epoch: int = 0, initial_step: int = 0) -> Iterator[tuple[int, int]]:
         """(epoch, step) of every remaining global batch."""
@@ -131,8 +133,8 @@ class IndexedInput:
         source = self.source
         flat_spec = tf.nest.flatten(source.raw_spec)
 
-        # a read covers several steps (W-independent: read_rows // G of them), so per-call costs
-        # are shared; the first batch of a resume reads one chunk, at any position
+        # a read covers up to read_rows // G steps (W-independent), so per-call costs are
+        # shared; the first read of a (resumed) stream is one step, at any position
         chunk_steps = max(1, self.read_rows // self.global_batch_size)
 
         def rows() -> Iterator[tuple[np.ndarray, ...]]:
