@@ -164,7 +164,11 @@ def bench_backend(name: str, url: str, options: dict[str, Any], args: Any) -> di
     k = args.count_steps  # a multiple of today's buffer (in steps) and of the read chunk
     for w in (1, 2, 4):
         inp = indexed(url, options, args, cheap)
-        new = count_per_step(lambda p, n, inp=inp: inp.pipeline_dataset(p, n, n), cheap, w, k)
+
+        def new_ds(p: int, n: int, inp: IndexedInput = inp) -> tf.data.Dataset:
+            return inp.pipeline_dataset(p, n, n)
+
+        new = count_per_step(new_ds, cheap, w, k)
         old_in = stream(url, options, args, cheap)
         old_in = ResumableInput(
             old_in.dataset, args.examples, args.global_batch, 0, 1, args.shuffle_buffer
@@ -191,15 +195,20 @@ def bench_backend(name: str, url: str, options: dict[str, Any], args: Any) -> di
             old_in = ResumableInput(
                 old_in.dataset, args.examples, args.global_batch, 0, 1, args.shuffle_buffer
             )
-            row["today"] = first_batch_s(lambda old_in=old_in, s=s: old_in.global_batches(0, s))
+
+            def make_old(old_in: ResumableInput = old_in, s: int = s) -> tf.data.Dataset:
+                return old_in.global_batches(0, s)
+
+            row["today"] = first_batch_s(make_old)
         out["first_batch_s"][pct] = row
     fb = out["first_batch_s"]
     out["first_batch_ratio_95_0"] = fb[95]["indexed"] / fb[0]["indexed"]
-    raw, new = [], []
+    raws: list[float] = []
+    news: list[float] = []
     for _ in range(args.repeat):  # alternating, best of each: the machine is shared
-        raw.append(raw_pyarrow(url, options, args))
-        new.append(steady(indexed(url, options, args, None), args.steady_steps))
-    out["raw_pyarrow_ex_s"], out["indexed_ex_s"] = max(raw), max(new)
+        raws.append(raw_pyarrow(url, options, args))
+        news.append(steady(indexed(url, options, args, None), args.steady_steps))
+    out["raw_pyarrow_ex_s"], out["indexed_ex_s"] = max(raws), max(news)
     out["throughput_ratio"] = out["indexed_ex_s"] / out["raw_pyarrow_ex_s"]
     return out
 

@@ -29,7 +29,10 @@ def open_source(
     relative local path is resolved against ``working_dir`` (where ``spotrain run`` ran)."""
     if "://" not in spec.url and not os.path.isabs(spec.url) and working_dir:
         absolute = os.path.join(working_dir, spec.url)
-        spec = dataclasses.replace(spec, **{spec.format: absolute})
+        if spec.format == "parquet":
+            spec = dataclasses.replace(spec, parquet=absolute)
+        else:
+            spec = dataclasses.replace(spec, tfrecord=absolute)
     map_fn = None
     if spec.map is not None:
         with user_code(f"{where}.map"):
