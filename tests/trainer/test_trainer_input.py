@@ -227,3 +227,38 @@ def test_unknown_length_dataset_is_counted_once_per_run(tmp_path: Path) -> None:
     again = build_input(make, ctx, 1, store=store)
     assert first.examples == again.examples == 20
     assert len(calls) == 1  # the second build read the count from the run
+
+
+def test_the_job_spec_names_file_sources_and_their_errors_by_field() -> None:
+    from cluster.errors import SpecError
+    from cluster.spec import parse_spec
+
+    base = {"name": "x", "model": "examples/tabular.py:build_model"}
+    ok = {"parquet": "s3://b/train/", "features": ["f0"], "label": "y"}
+    spec = parse_spec({**base, "data": {**ok, "storage_options": {"secret": "s3cr3t"}}}, REPO)
+    assert isinstance(spec.data, FileSource) and spec.data.columns == ("f0", "y")
+    assert spec.to_dict()["data"]["storage_options"] == {"secret": "***"}  # masked in run.json
+    assert spec.to_train_job().data == spec.data  # what the workers get
+    bad = {
+        "data.label": {"parquet": "x", "features": ["f0"]},
+        "data.parquet": {"parquet": "x", "tfrecord": "y", "features": ["f0"], "label": "y"},
+        "data.features": {"parquet": "x", "features": [], "label": "y"},
+        "data.colour": {**ok, "colour": 1},
+        "data.map": {**ok, "map": "missing.py:fn"},
+    }
+    for field, data in bad.items():
+        with pytest.raises(SpecError, match=f"'{field}'"):
+            parse_spec({**base, "data": data}, REPO)
+
+
+def test_a_job_with_a_bad_source_stops_before_training(tmp_path: Path) -> None:
+    from tests.trainer.helpers import job_dict, run_dir
+    from trainer.local import run_local
+
+    x, y = _arrays(40)
+    write_parquet(tmp_path / "d", x, y, files=1)
+    job = job_dict(tmp_path, "bad", "plateau")
+    job["data"] = {"parquet": str(tmp_path / "d"), "features": ["f0", "nope"], "label": "y"}
+    with pytest.raises(DataSourceError, match="missing column 'nope'"):
+        run_local(job)
+    assert not (run_dir(job["run_url"]) / "checkpoints").exists()
