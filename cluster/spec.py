@@ -59,7 +59,7 @@ from cluster.errors import SpecError, one_of
 from storage.location import join_run_url
 from storage.redaction import redact, redact_url
 from trainer.entry_points import parse_entry_point
-from trainer.job import CALLBACK_HINT, CheckpointPolicy, JobFields, TrainJob
+from trainer.job import CALLBACK_HINT, CheckpointPolicy, FileSource, JobFields, TrainJob
 from trainer.job_schema import (
     POSITIVE_INT,
     SCHEMA_CONFIG,
@@ -189,12 +189,13 @@ class JobSpec(JobFields):
 
     @field_validator("model", "data", "val_data")
     @classmethod
-    def _entry_point_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+    def _entry_point_exists(cls, value: Any, info: ValidationInfo) -> Any:
         ctx = info.context or {}
-        if value is not None and ctx.get("check_entry_points"):
-            problem = entry_point_problem(parse_entry_point(value), ctx["working_dir"])
+        entry, field = (value.map, "map") if isinstance(value, FileSource) else (value, "")
+        if entry is not None and ctx.get("check_entry_points"):
+            problem = entry_point_problem(parse_entry_point(entry), ctx["working_dir"])
             if problem:
-                raise invalid(problem, value)
+                raise invalid(problem, entry, field)
         return value
 
     @field_validator("preemption_poll_steps", mode="before")
@@ -243,6 +244,9 @@ class JobSpec(JobFields):
         out = _SPEC.dump_python(self, by_alias=True)
         out["storage"] = redact_url(self.storage)
         out["storage_options"] = redact(self.storage_options)
+        for key in ("data", "val_data"):
+            if isinstance(out.get(key), Mapping):
+                out[key] = redact(out[key])
         return out
 
     def with_overrides(

@@ -41,3 +41,13 @@ DEFAULT_WARM_SPARES = env_int("SPOTRAIN_WARM_SPARES", 1)
 #: How long a spare is kept alive while idle (Ray kills idle workers above its soft limit after
 #: that). Longer than the run is fine: the spares end with the job.
 DEFAULT_SPARE_KEEP_ALIVE_S = env_float("SPOTRAIN_SPARE_KEEP_ALIVE_S", 3600.0)
+
+#: A finite ``tf.data.Dataset`` from ``make_dataset`` is read once per attempt into memory (then
+#: each worker gathers only its rows) when it holds at most this many bytes; a larger one streams
+#: (every worker reads all of it). 0 = always stream.
+DEFAULT_MATERIALIZE_BYTES = env_int("SPOTRAIN_MATERIALIZE_BYTES", 2 * 2**30)
+
+#: Global-batch rows one read of the index-addressable input covers at most (a chunk of
+#: ``DEFAULT_READ_ROWS // global_batch_size`` steps, at least one): larger chunks share the
+#: per-read cost. Reads start at one step and double, so a first batch waits for one step.
+DEFAULT_READ_ROWS = env_int("SPOTRAIN_READ_ROWS", 65_536)

@@ -1,17 +1,23 @@
-"""Deterministic, resumable input.
+"""The managed input of a job: which kind, built from what ``data`` names.
 
-The user's ``make_dataset(ctx)`` yields unbatched ``(x, y[, w])`` examples in a fixed order.
-spotrain then builds, for epoch ``e``:
+- **Index-addressable** (``trainer.indexed_input``): a file source (``data: {parquet: ...}``),
+  NumPy arrays ``(x, y[, w])`` from ``make_dataset``, or a finite ``tf.data.Dataset`` read once
+  into memory (up to ``SPOTRAIN_MATERIALIZE_BYTES``). The order of epoch ``e`` is a stateless
+  permutation of example indices (``trainer.index_order``); each worker reads only its slice
+  of every global batch; a resume starts at the next example without replay.
+- **Stream** (:class:`ResumableInput`, the fallback for any other dataset): for epoch ``e``
 
-    stateless shuffle in windows of `buffer` examples, seeded by (seed, e, window)
-    -> batch(global_batch_size, drop_remainder=True)
-    -> each input pipeline takes its slice of every global batch
+      stateless shuffle in windows of `buffer` examples, seeded by (seed, e, window)
+      -> batch(global_batch_size, drop_remainder=True)
+      -> each input pipeline takes its slice of every global batch
 
-so the global batches of an epoch are a pure function of (seed, e), never of the world size,
-the rank or the attempt. A run resumed at (epoch e0, step s0) sees epochs e0..epochs-1 as one
-stream and skips exactly s0 global batches of e0. Keras gets it through
-``strategy.distribute_datasets_from_function`` (no auto-sharding): a distributed dataset is
-iterated once for the whole ``fit`` (tf-keras never recreates its iterator per epoch).
+  so the global batches are a pure function of (seed, e) too, but every worker reads (and
+  maps) every example, and a resume at (e0, s0) skips s0 global batches through the whole
+  pipeline (O(position)). A dataset of unknown length is counted once per run (the count is
+  kept in the run, ``trainer.input_store``).
+
+Both reach Keras through ``strategy.distribute_datasets_from_function`` (no auto-sharding):
+one distributed dataset is iterated for the whole ``fit``.
 """
 
 from __future__ import annotations
@@ -22,8 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer import env  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
-from trainer.constants import DEFAULT_SHUFFLE_BUFFER
+from trainer.constants import DEFAULT_MATERIALIZE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from trainer.errors import JobSpecError, UserCodeError
+from trainer.indexed_input import IndexedInput, no_autoshard
+from trainer.input_store import InputStore, stable_key
+from trainer.sources import ArraySource, Source, arrays_of, check_element_spec, materialize
 from trainer.user_code import user_code
 
 import tensorflow as tf  # isort: skip
@@ -43,6 +52,7 @@ class DataContext:
     rank: int = 0
     global_batch_size: int = 1
     managed_input: bool = True
+    entry: str = ""  # the job's data entry point (keys the stored example count)
 
 
 def epoch_seed(seed: int, epoch: Any) -> Any:
@@ -50,27 +60,40 @@ def epoch_seed(seed: int, epoch: Any) -> Any:
     return tf.constant(seed * _SEED_MIX + 1, tf.int64) + tf.cast(epoch, tf.int64) * 7919
 
 
-def count_examples(ds: tf.data.Dataset) -> int:
-    """Number of examples; counts by iterating when the cardinality is unknown."""
+def count_examples(
+    ds: tf.data.Dataset, store: InputStore | None = None, key: str = "", where: str = "make_dataset"
+) -> int:
+    """Number of examples. When tf.data does not know the cardinality (files, generators,
+    filters), the dataset is counted by one full pass, once per run: the count is kept in the
+    run (``store``) under ``key`` and read back by later attempts."""
     card = int(ds.cardinality().numpy())
     if card == tf.data.INFINITE_CARDINALITY:
         raise UserCodeError(
-            "make_dataset",
+            where,
             "the dataset is infinite (did make_dataset call .repeat()?); return a finite, "
             "unbatched dataset — spotrain repeats it per epoch",
         )
     if card >= 0:
         return card
-    return int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+    if store is not None and key:
+        stored = store.count(key)
+        if stored is not None:
+            return stored
+    logger.warning(
+        "%s: the dataset's length is unknown; counting it by one full pass (once per run: the "
+        "count is kept in the run). Return a dataset of known length, NumPy arrays or use a "
+        "file source (data: {parquet: ...}) to avoid this pass",
+        where,
+    )
+    with user_code(where):
+        count = int(ds.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+    if store is not None and key:
+        store.put_count(key, count, where)
+    return count
 
 
-def _check_element_spec(ds: tf.data.Dataset) -> None:
-    spec = ds.element_spec
-    if not isinstance(spec, tuple) or len(spec) not in (2, 3):
-        raise UserCodeError(
-            "make_dataset",
-            f"elements must be unbatched (x, y) or (x, y, sample_weight) tuples; got {spec}",
-        )
+def _check_element_spec(ds: tf.data.Dataset, where: str = "make_dataset") -> None:
+    check_element_spec(ds.element_spec, where)
 
 
 @dataclass(frozen=True)
@@ -90,6 +113,10 @@ class ResumableInput:
     @property
     def steps_per_epoch(self) -> int:
         return self.examples // self.global_batch_size
+
+    @property
+    def element_spec(self) -> Any:
+        return self.dataset.element_spec
 
     def epoch_dataset(self, epoch: Any) -> tf.data.Dataset:
         """Global batches of one epoch (epoch may be a tensor).
@@ -171,17 +198,51 @@ def shard_global_batches(
 
 
 def _no_autoshard() -> tf.data.Options:
-    """Options of every input spotrain builds: its own sharding, deterministic order, and no
-    tf.data autotuning. Under MultiWorkerMirroredStrategy, deleting an autotuned pipeline's
-    iterator at the end of ``fit`` waits for the autotune thread's timed sleep (its period
-    doubles up to 60 s): seen as up to ~35 s between the final commit and the attempt's end
-    (gdb: ``~RootDataset::Iterator`` waiting on ``Model::OptimizeLoop``). The input's
-    parallelism is fixed (``prefetch(2)``), so autotuning buys nothing here."""
-    opts = tf.data.Options()
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    opts.deterministic = True
-    opts.autotune.enabled = False
-    return opts
+    return no_autoshard()
+
+
+#: What the managed input may be: the index-addressable one, or the stream fallback.
+Input = IndexedInput | ResumableInput
+
+
+def _check_size(examples: int, ctx: DataContext, what: str = "dataset") -> None:
+    if examples < ctx.global_batch_size:
+        raise JobSpecError(
+            "global_batch_size",
+            ctx.global_batch_size,
+            f"the {what} has only {examples} examples, fewer than one global batch; "
+            "use a smaller global_batch_size or more data",
+        )
+
+
+def _count_key(ctx: DataContext, where: str, ds: tf.data.Dataset) -> str:
+    return stable_key(where, ctx.entry, ctx.config, repr(ds.element_spec))
+
+
+def source_of(
+    value: Any,
+    ctx: DataContext,
+    where: str,
+    store: InputStore | None = None,
+    materialize_bytes: int = DEFAULT_MATERIALIZE_BYTES,
+) -> Source | tf.data.Dataset:
+    """What ``make_dataset`` returned as an index-addressable source when it can be one (NumPy
+    arrays; a dataset of known length that fits in ``materialize_bytes``), else the dataset."""
+    arrays = arrays_of(value)
+    if arrays is not None:
+        return ArraySource(arrays, where)
+    if not isinstance(value, tf.data.Dataset):
+        raise UserCodeError(
+            where,
+            f"must return a tf.data.Dataset or NumPy arrays (x, y[, w]), got {type(value).__name__}",
+        )
+    _check_element_spec(value, where)
+    card = int(value.cardinality().numpy())
+    if card >= 0 and materialize_bytes > 0:
+        source = materialize(value, materialize_bytes, where)
+        if source is not None:
+            return source
+    return value
 
 
 def build_input(
@@ -189,25 +250,23 @@ def build_input(
     ctx: DataContext,
     epochs: int,
     shuffle_buffer: int | None = None,
-) -> ResumableInput:
-    """Call the user's make_dataset and check it; UserCodeError on any failure in it."""
+    store: InputStore | None = None,
+    materialize_bytes: int = DEFAULT_MATERIALIZE_BYTES,
+) -> Input:
+    """Call the user's make_dataset and check it; UserCodeError on any failure in it.
+
+    NumPy arrays and finite in-memory datasets become an :class:`IndexedInput` (each worker
+    gathers only its rows); anything else streams (:class:`ResumableInput`)."""
     with user_code("make_dataset"):
-        ds = make_dataset(ctx)
-    if not isinstance(ds, tf.data.Dataset):
-        raise UserCodeError(
-            "make_dataset", f"must return a tf.data.Dataset, got {type(ds).__name__}"
-        )
-    _check_element_spec(ds)
-    examples = count_examples(ds)
-    if examples < ctx.global_batch_size:
-        raise JobSpecError(
-            "global_batch_size",
-            ctx.global_batch_size,
-            f"the dataset has only {examples} examples, fewer than one global batch; "
-            "use a smaller global_batch_size or more data",
-        )
+        value = make_dataset(ctx)
+    found = source_of(value, ctx, "make_dataset", store, materialize_bytes)
+    if isinstance(found, Source):
+        _check_size(found.examples, ctx)
+        return IndexedInput(found, ctx.global_batch_size, ctx.seed, epochs)
+    examples = count_examples(found, store, _count_key(ctx, "make_dataset", found))
+    _check_size(examples, ctx)
     return ResumableInput(
-        dataset=ds,
+        dataset=found,
         examples=examples,
         global_batch_size=ctx.global_batch_size,
         seed=ctx.seed,
@@ -216,19 +275,30 @@ def build_input(
     )
 
 
+def indexed_val_input(source: Source, ctx: DataContext, strategy: Any) -> tuple[Any, int]:
+    """Validation over a source: no shuffle, each worker reads its slice of every batch."""
+    _check_size(source.examples, ctx, "validation dataset")
+    inp = IndexedInput(source, ctx.global_batch_size, ctx.seed, 1, shuffle=False)
+    return inp.distribute(strategy), inp.steps_per_epoch
+
+
 def build_val_input(
-    make_val_dataset: Callable[[DataContext], Any], ctx: DataContext, strategy: Any
+    make_val_dataset: Callable[[DataContext], Any],
+    ctx: DataContext,
+    strategy: Any,
+    store: InputStore | None = None,
+    materialize_bytes: int = DEFAULT_MATERIALIZE_BYTES,
 ) -> tuple[Any, int]:
     """Validation stream (no shuffle, drop_remainder) sliced like training; returns
     (distributed dataset, steps). Examples past the last full global batch are not used."""
     with user_code("make_val_dataset"):
-        ds = make_val_dataset(ctx)
-    if not isinstance(ds, tf.data.Dataset):
-        raise UserCodeError(
-            "make_val_dataset", f"must return a tf.data.Dataset, got {type(ds).__name__}"
-        )
-    _check_element_spec(ds)
-    steps = count_examples(ds) // ctx.global_batch_size
+        value = make_val_dataset(ctx)
+    found = source_of(value, ctx, "make_val_dataset", store, materialize_bytes)
+    if isinstance(found, Source):
+        return indexed_val_input(found, ctx, strategy)
+    ds = found
+    key = _count_key(ctx, "make_val_dataset", ds)
+    steps = count_examples(ds, store, key, "make_val_dataset") // ctx.global_batch_size
     if steps == 0:
         raise JobSpecError(
             "global_batch_size",

@@ -119,3 +119,17 @@ class PreemptedError(RetryableError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.step, self.reason))
+
+
+class DataSourceError(TrainerError):
+    """A file source (``data: {parquet: ...}``) cannot be read as asked: no files, a missing
+    column, a column of the wrong type, an empty file. Raised before training starts."""
+
+    def __init__(self, url: str, problem: str, fix: str) -> None:
+        self.url = redact(url)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"data source {self.url}: {problem}; fix: {fix}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.url, self.problem, self.fix))

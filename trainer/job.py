@@ -29,6 +29,7 @@ from pydantic_core import ArgsKwargs
 from storage.errors import InvalidNameError
 from storage.location import RUN_NAME_RULE, validate_run_name
 from trainer.constants import DEFAULT_KEEP_LAST, PREEMPTION_POLL_STEPS
+from trainer.data_spec import FileSource
 from trainer.entry_points import (
     DEFAULT_ENTRY_FNS,
     ENTRY_POINT_FORMS,
@@ -59,6 +60,7 @@ __all__ = [
     "CallbackSpec",
     "CheckpointPolicy",
     "EntryPoint",
+    "FileSource",
     "JobFields",
     "TrainJob",
     "field_default",
@@ -184,9 +186,11 @@ class JobFields:
     """Run name; the run lives at ``<storage>/<name>``."""
     model: StrictStr
     """``path/to/file.py:fn`` or ``pkg.mod:fn``; ``fn(config)`` returns a compiled tf.keras model."""
-    data: StrictStr
-    """Entry point; ``fn(ctx)`` returns a tf.data.Dataset of unbatched (x, y) in a fixed order."""
-    val_data: StrictStr | None = None
+    data: StrictStr | FileSource
+    """Entry point (``fn(ctx)`` returns a tf.data.Dataset of unbatched (x, y) in a fixed order,
+    or NumPy arrays ``(x, y[, w])``), or files spotrain reads itself:
+    ``{parquet: URL, features: [...], label: y}`` (or ``tfrecord: URL``)."""
+    val_data: StrictStr | FileSource | None = None
     """Like ``data``, for validation at each epoch end."""
     config: dict[Any, Any] = Field(default_factory=dict)
     """Free mapping passed to your functions."""
@@ -222,6 +226,8 @@ class JobFields:
     def _entry_point(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             return value
+        if info.field_name in ("data", "val_data") and isinstance(value, Mapping):
+            return _file_source(value)
         if not isinstance(value, str):
             raise invalid(f"expected a string {ENTRY_POINT_FORMS}", value)
         try:
@@ -290,6 +296,16 @@ class TrainJob(JobFields):
 
 
 _TRAIN_JOB: TypeAdapter[TrainJob] = TypeAdapter(TrainJob)
+_FILE_SOURCE: TypeAdapter[FileSource] = TypeAdapter(FileSource)
+
+
+def _file_source(value: Mapping[str, Any]) -> FileSource:
+    """``data: {parquet: ...}`` validated, its errors named below the field (``data.label``)."""
+    try:
+        return _FILE_SOURCE.validate_python(drop_nulls(value, FileSource))
+    except ValidationError as exc:
+        field, bad, allowed = first_error(exc, FileSource, by_alias=True)
+        raise invalid(allowed, bad, field) from None
 
 
 def field_default(cls: type, name: str) -> Any:
@@ -301,8 +317,8 @@ def field_default(cls: type, name: str) -> Any:
 
 
 def load_job_entry(job: TrainJob, field_name: str) -> Callable | None:
-    """Load the entry point in ``job.<field_name>`` (None when unset)."""
+    """Load the entry point in ``job.<field_name>`` (None when unset or a file source)."""
     spec = getattr(job, field_name)
-    if spec is None:
+    if spec is None or isinstance(spec, FileSource):
         return None
     return load_entry_point(spec, job.working_dir, DEFAULT_ENTRY_FNS.get(field_name, ""))

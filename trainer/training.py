@@ -16,6 +16,8 @@ from trainer.callback import BackupAndRestore, BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.data import DataContext, build_input, build_val_input, unmanaged_input
 from trainer.errors import JobSpecError, UserCodeError
+from trainer.file_sources import file_input, file_val_input
+from trainer.input_store import InputStore
 from trainer.job import CallbackSpec, TrainJob, load_entry_point, load_job_entry
 from trainer.user_code import user_code
 
@@ -150,7 +152,7 @@ def train(
     build_model = load_job_entry(job, "model")
     make_dataset = load_job_entry(job, "data")
     make_val = load_job_entry(job, "val_data")
-    assert build_model is not None and make_dataset is not None
+    assert build_model is not None and (make_dataset is not None or job.data is not None)
     with strategy.scope(), user_code("build_model"):
         model = build_model(dict(job.config))
     if not isinstance(model, tf.keras.Model):
@@ -166,12 +168,15 @@ def train(
         rank=worker.rank,
         global_batch_size=job.global_batch_size,
         managed_input=job.managed_input,
+        entry=job.data if isinstance(job.data, str) else "",
     )
-    inp = (
-        build_input(make_dataset, ctx, job.epochs, job.shuffle_buffer)
-        if job.managed_input
-        else None
-    )
+    inputs = InputStore(job.run_url, job.storage_options)
+    if make_dataset is None:  # a file source (data: {parquet: ...})
+        inp: Any = file_input(job.data, ctx, job.epochs, job.working_dir, inputs)
+    elif job.managed_input:
+        inp = build_input(make_dataset, ctx, job.epochs, job.shuffle_buffer, inputs)
+    else:
+        inp = None
     overrides = dict(backup_overrides or {})
     options = BackupOptions(
         storage_options=job.storage_options,
@@ -182,7 +187,7 @@ def train(
         preemption_poll_steps=job.preemption_poll_steps,
         global_batch_size=job.global_batch_size,
         seed=job.seed,
-        element_spec=inp.dataset.element_spec if inp is not None else None,
+        element_spec=inp.element_spec if inp is not None else None,
         extra_state={"job_name": job.name},
         lease_generation=job.lease_generation,
     )
@@ -207,13 +212,17 @@ def train(
             result.history = _history_dict(bar.history)
             return result
         val_kwargs: dict[str, Any] = {}
-        if make_val is not None:
-            val_ds, val_steps = build_val_input(make_val, ctx, strategy)
+        if make_val is None and job.val_data is not None:  # a file source
+            val_ds, val_steps = file_val_input(job.val_data, ctx, job.working_dir, strategy, inputs)
+            val_kwargs = {"validation_data": val_ds, "validation_steps": val_steps}
+        elif make_val is not None:
+            val_ds, val_steps = build_val_input(make_val, ctx, strategy, inputs)
             val_kwargs = {"validation_data": val_ds, "validation_steps": val_steps}
         if inp is not None:
             train_ds = inp.distribute(strategy, bar.initial_epoch, bar.initial_step)
             fit_kwargs: dict[str, Any] = {"steps_per_epoch": inp.steps_per_epoch}
         else:
+            assert make_dataset is not None  # managed_input: false needs an entry point
             train_ds = unmanaged_input(make_dataset, ctx)
             fit_kwargs = {}
         reporter = ReportCallback(worker, bar, job.global_batch_size)

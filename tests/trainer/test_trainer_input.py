@@ -1,0 +1,264 @@
+"""Index-addressable input: the order is a pure function of (seed, epoch); each input pipeline
+reads exactly its G/W rows per step whatever W; a resume reads nothing it skips; a world-size
+change keeps each example once per epoch; bad file sources fail before training, in one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.failure_policy import FailureKind, classify
+from tests.trainer.input_files import write_parquet, write_tfrecord
+from trainer.data import DataContext, build_input
+from trainer.data_spec import FileSource
+from trainer.errors import DataSourceError, UserCodeError
+from trainer.file_sources import open_source
+from trainer.index_order import EpochOrder, permute
+from trainer.indexed_input import IndexedInput
+from trainer.input_store import InputStore
+from trainer.sources import ArraySource
+
+N, G = 100, 8
+MAPS = "tests/trainer/input_maps.py"
+REPO = str(Path(__file__).resolve().parents[2])
+
+
+def _arrays(n: int = N) -> tuple[np.ndarray, np.ndarray]:
+    x = np.arange(n * 2, dtype=np.float32).reshape(n, 2)
+    return x, np.arange(n, dtype=np.int64)
+
+
+@pytest.mark.parametrize(("n", "block", "window"), [(1, 1, 0), (7, 1, 0), (100, 8, 3), (99, 10, 1)])
+def test_each_epoch_is_a_permutation_and_a_pure_function_of_seed_and_epoch(
+    n: int, block: int, window: int
+) -> None:
+    orders = [EpochOrder(n, 3, e, block, window).indices(0, n) for e in range(3)]
+    for order in orders:
+        assert sorted(order.tolist()) == list(range(n))
+    assert np.array_equal(EpochOrder(n, 3, 1, block, window).indices(0, n), orders[1])
+    if n > 7:
+        assert not np.array_equal(orders[0], orders[1])
+        assert not np.array_equal(EpochOrder(n, 4, 0, block, window).indices(0, n), orders[0])
+    # any range of positions is its slice of the whole epoch (addressable, O(range))
+    assert np.array_equal(
+        EpochOrder(n, 3, 2, block, window).indices(n // 2, n), orders[2][n // 2 :]
+    )
+
+
+def test_a_window_draws_from_its_own_blocks_only() -> None:
+    order = EpochOrder(1000, 1, 0, block=50, window_blocks=2)
+    for w in range(order.windows):
+        blocks = set((order.indices(w * 100, (w + 1) * 100) // 50).tolist())
+        assert len(blocks) == 2  # a worker caches at most one window's blocks per window
+
+
+def test_feistel_is_a_bijection_for_awkward_sizes() -> None:
+    for n in (2, 3, 5, 17, 1023, 1025):
+        assert sorted(permute(np.arange(n), n, 99).tolist()) == list(range(n))
+
+
+def _input(source, epochs: int = 3) -> IndexedInput:
+    return IndexedInput(source, G, 5, epochs, read_rows=G)  # one step per read
+
+
+@pytest.mark.parametrize("pipelines", [1, 2, 4])
+def test_each_pipeline_reads_exactly_its_slice_of_every_global_batch(pipelines: int) -> None:
+    inp = _input(ArraySource(_arrays()))
+    for epoch, step in [(0, 0), (1, 5), (2, 11)]:
+        parts = [inp.pipeline_indices(epoch, step, p, pipelines) for p in range(pipelines)]
+        assert np.array_equal(np.concatenate(parts), inp.pipeline_indices(epoch, step))
+    # counted where the rows are materialized: G/W rows per step and pipeline
+    sources = [ArraySource(_arrays()) for _ in range(pipelines)]
+    for p, src in enumerate(sources):
+        ds = _input(src).pipeline_dataset(p, pipelines, pipelines)
+        batches = list(ds.take(3).as_numpy_iterator())
+        assert all(b[0].shape == (G // pipelines, 2) for b in batches)
+    # tf.data may pull one read ahead; never more than one step beyond those taken
+    assert all(3 * G // pipelines <= s.counter.examples <= 4 * G // pipelines for s in sources)
+
+
+def test_a_world_size_change_keeps_each_example_once_per_epoch() -> None:
+    inp = _input(ArraySource(_arrays()))
+    steps = inp.steps_per_epoch  # 12 of 8 examples; 4 dropped
+    seen = []
+    for step in range(steps):
+        world = 2 if step < 5 else 4  # resized at step 5
+        seen += [inp.pipeline_indices(1, step, p, world) for p in range(world)]
+    flat = np.concatenate(seen)
+    assert len(flat) == len(set(flat.tolist())) == steps * G
+
+
+def test_a_resume_reads_only_the_rows_of_its_first_batch(tmp_path: Path) -> None:
+    x, y = _arrays(400)
+    write_parquet(tmp_path / "d", x, y, files=4, row_group=25)
+    spec = FileSource(
+        parquet=str(tmp_path / "d"), features=("f0", "f1"), label="y", window_blocks=2
+    )
+    src = open_source(spec, REPO)
+    footers = src.counter.bytes
+    inp = IndexedInput(src, G, 5, 2, read_rows=G)
+    ds = inp.pipeline_dataset(1, 2, 2, initial_epoch=1, initial_step=45)
+    first = next(iter(ds))
+    want = inp.pipeline_indices(1, 45, 1, 2)
+    assert np.array_equal(first[1].numpy(), want)
+    assert src.counter.examples <= 2 * G // 2  # this step and at most one prefetched
+    # bytes: the footers and the row groups of (at most) two windows of two blocks
+    assert src.counter.bytes - footers < 4 * 2 * 25 * 3 * 8 * 2
+
+
+def test_parquet_map_runs_on_the_workers_rows_and_list_columns_are_tensors(tmp_path: Path) -> None:
+    x, y = _arrays(40)
+    write_parquet(tmp_path / "d", x, y, files=2, row_group=10)
+    mapped = open_source(
+        FileSource(
+            parquet=str(tmp_path / "d"), features=("f0", "f1"), label="y", map=f"{MAPS}:stack"
+        ),
+        REPO,
+    )
+    plain = open_source(
+        FileSource(parquet=str(tmp_path / "d"), features=("f0", "f1"), label="y"), REPO
+    )
+    a = next(iter(IndexedInput(mapped, G, 1, 1).pipeline_dataset(0, 2, 2)))
+    b = next(iter(IndexedInput(plain, G, 1, 1).pipeline_dataset(0, 2, 2)))
+    assert np.array_equal(a[0].numpy(), 2 * b[0].numpy()) and a[0].shape == (G // 2, 2)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(
+        pa.table({"v": [[1.0, 2.0], [3.0, 4.0]] * 10, "y": list(range(20))}), tmp_path / "l.parquet"
+    )
+    src = open_source(
+        FileSource(parquet=str(tmp_path / "l.parquet"), features=("v",), label="y"), REPO
+    )
+    assert src.raw_spec[0].shape == (2,)
+
+
+def test_tfrecord_index_is_written_once_in_the_run(tmp_path: Path) -> None:
+    x, y = _arrays(30)
+    write_tfrecord(tmp_path / "t", x, y, files=2)
+    store = InputStore(f"file://{tmp_path}/run")
+    spec = FileSource(tfrecord=str(tmp_path / "t"), features=("f0", "f1"), label="y")
+    src = open_source(spec, REPO, store=store)
+    idx = sorted((tmp_path / "run" / "input" / "tfrecord").iterdir())
+    assert len(idx) == 2 and src.examples == 30
+    again = open_source(spec, REPO, store=store)  # reads the stored index
+    got = again.read(np.array([29, 0, 17]))
+    assert got[1].tolist() == [29, 0, 17] and got[0][0].tolist() == [58.0, 59.0]
+
+
+def _bad(tmp_path: Path, **over) -> FileSource:
+    x, y = _arrays(20)
+    if not (tmp_path / "d").exists():
+        write_parquet(tmp_path / "d", x, y, files=1)
+    fields = {"parquet": str(tmp_path / "d"), "features": ("f0", "f1"), "label": "y", **over}
+    return FileSource(**fields)
+
+
+def test_bad_parquet_sources_fail_before_training_in_one_line(tmp_path: Path) -> None:
+    cases = {
+        "missing column 'f7'; fix: name columns the files have: f0, f1, y": _bad(
+            tmp_path, features=("f0", "f7")
+        ),
+        "no *.parquet/*.pq files there": _bad(tmp_path, parquet=str(tmp_path / "nowhere")),
+    }
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"f0": ["a", "b"], "y": [1, 2]}), tmp_path / "s.parquet")
+    cases["column 'f0' has type string (not numeric)"] = _bad(
+        tmp_path, parquet=str(tmp_path / "s.parquet"), features=("f0",)
+    )
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a.parquet").write_bytes(b"")
+    cases["a.parquet is empty (0 bytes)"] = _bad(tmp_path, parquet=str(tmp_path / "e"))
+    pq.write_table(
+        pa.table({"f0": pa.array([], pa.float32()), "y": pa.array([], pa.int64())}),
+        tmp_path / "z.parquet",
+    )
+    cases["z.parquet has no rows"] = _bad(
+        tmp_path, parquet=str(tmp_path / "z.parquet"), features=("f0",)
+    )
+    for text, spec in cases.items():
+        with pytest.raises(DataSourceError) as info:
+            open_source(spec, REPO)
+        message = str(info.value)
+        assert text in message and "\n" not in message and "fix:" in message, message
+        assert classify(info.value).kind is FailureKind.USER_CODE  # never retried
+
+
+def test_a_map_that_raises_is_a_user_error_before_training(tmp_path: Path) -> None:
+    with pytest.raises(UserCodeError, match=r"data map.*pixels") as info:
+        open_source(_bad(tmp_path, map=f"{MAPS}:broken"), REPO)
+    assert classify(info.value).kind is FailureKind.USER_CODE
+
+
+def test_bad_tfrecord_sources_fail_in_one_line(tmp_path: Path) -> None:
+    x, y = _arrays(10)
+    write_tfrecord(tmp_path / "t", x, y, files=1)
+    for spec, text in [
+        (
+            FileSource(tfrecord=str(tmp_path / "t"), features=("f9",), label="y"),
+            "missing column 'f9'",
+        ),
+        (FileSource(tfrecord=str(tmp_path / "none"), features=("f0",), label="y"), "no *.tfrecord"),
+    ]:
+        with pytest.raises(DataSourceError, match="fix:") as info:
+            open_source(spec, REPO)
+        assert text in str(info.value)
+
+
+def test_unknown_length_dataset_is_counted_once_per_run(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    calls = []
+
+    def gen():
+        calls.append(1)
+        for i in range(20):
+            yield np.float32([i]), np.int64(i)
+
+    spec = (tf.TensorSpec([1], tf.float32), tf.TensorSpec([], tf.int64))
+    make = lambda ctx: tf.data.Dataset.from_generator(gen, output_signature=spec)  # noqa: E731
+    store = InputStore(f"file://{tmp_path}/run")
+    ctx = DataContext(global_batch_size=4, entry="gen.py:make")
+    first = build_input(make, ctx, 1, store=store)
+    again = build_input(make, ctx, 1, store=store)
+    assert first.examples == again.examples == 20
+    assert len(calls) == 1  # the second build read the count from the run
+
+
+def test_the_job_spec_names_file_sources_and_their_errors_by_field() -> None:
+    from cluster.errors import SpecError
+    from cluster.spec import parse_spec
+
+    base = {"name": "x", "model": "examples/tabular.py:build_model"}
+    ok = {"parquet": "s3://b/train/", "features": ["f0"], "label": "y"}
+    spec = parse_spec({**base, "data": {**ok, "storage_options": {"secret": "s3cr3t"}}}, REPO)
+    assert isinstance(spec.data, FileSource) and spec.data.columns == ("f0", "y")
+    assert spec.to_dict()["data"]["storage_options"] == {"secret": "***"}  # masked in run.json
+    assert spec.to_train_job().data == spec.data  # what the workers get
+    bad = {
+        "data.label": {"parquet": "x", "features": ["f0"]},
+        "data.parquet": {"parquet": "x", "tfrecord": "y", "features": ["f0"], "label": "y"},
+        "data.features": {"parquet": "x", "features": [], "label": "y"},
+        "data.colour": {**ok, "colour": 1},
+        "data.map": {**ok, "map": "missing.py:fn"},
+    }
+    for field, data in bad.items():
+        with pytest.raises(SpecError, match=f"'{field}'"):
+            parse_spec({**base, "data": data}, REPO)
+
+
+def test_a_job_with_a_bad_source_stops_before_training(tmp_path: Path) -> None:
+    from tests.trainer.helpers import job_dict, run_dir
+    from trainer.local import run_local
+
+    x, y = _arrays(40)
+    write_parquet(tmp_path / "d", x, y, files=1)
+    job = job_dict(tmp_path, "bad", "plateau")
+    job["data"] = {"parquet": str(tmp_path / "d"), "features": ["f0", "nope"], "label": "y"}
+    with pytest.raises(DataSourceError, match="missing column 'nope'"):
+        run_local(job)
+    assert not (run_dir(job["run_url"]) / "checkpoints").exists()

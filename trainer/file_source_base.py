@@ -1,0 +1,221 @@
+"""What the file sources share: listing the files of a URL (file, folder, glob) on any fsspec
+filesystem, counting the bytes read, turning columns into arrays and into ``(x, y[, w])``.
+
+Without a ``map``, the features make ``x``: numeric scalar columns are stacked into a float32
+vector (in the order given); a single list/tensor column is ``x`` as is (float64 -> float32).
+``y`` (and ``w``) are numeric scalar columns. With a ``map``, the map receives a dict of every
+column read (features, label, weight) and returns ``(x, y[, w])``; then string/bytes columns
+are allowed (e.g. JPEG bytes to decode).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from trainer.data_spec import FileSource
+from trainer.errors import DataSourceError
+from trainer.sources import Source
+
+import tensorflow as tf  # isort: skip
+
+_GLOB = set("*?[")
+_URL_FIX = "check the URL (a file, a folder of {ext} files or a glob) and its storage_options"
+
+
+def open_filesystem(spec: FileSource) -> tuple[Any, str]:
+    try:
+        return fsspec.core.url_to_fs(spec.url, **dict(spec.storage_options))
+    except (ImportError, TypeError, ValueError) as exc:
+        raise DataSourceError(
+            spec.url,
+            f"cannot open its filesystem ({exc})",
+            "install the fsspec backend of "
+            "the URL's protocol (s3fs for s3://, gcsfs for gs://) and pass options it accepts",
+        ) from None
+
+
+def list_files(fs: Any, path: str, spec: FileSource, suffixes: Sequence[str]) -> list[str]:
+    """The files of a file, folder (every file below it with one of ``suffixes``) or glob,
+    sorted; DataSourceError when there is none or one is empty (0 bytes)."""
+    ext = "/".join(f"*{s}" for s in suffixes)
+    try:
+        if _GLOB & set(path):
+            files = [f for f in fs.glob(path) if not f.endswith(".idx") and not fs.isdir(f)]
+        elif fs.isdir(path):
+            files = [f for f in fs.find(path) if f.endswith(tuple(suffixes))]
+        elif fs.exists(path):
+            files = [path]
+        else:
+            files = []
+    except (FileNotFoundError, PermissionError, OSError) as exc:
+        raise DataSourceError(
+            spec.url, f"cannot list it ({exc})", _URL_FIX.format(ext=ext)
+        ) from None
+    if not files:
+        raise DataSourceError(spec.url, f"no {ext} files there", _URL_FIX.format(ext=ext))
+    files = sorted(files)
+    for f in files:
+        if fs.size(f) == 0:
+            raise DataSourceError(
+                spec.url, f"{f} is empty (0 bytes)", "remove the empty file or write it again"
+            )
+    return files
+
+
+class RowCache:
+    """The decoded columns of the last few I/O units (row groups, record runs), LRU."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self._items: OrderedDict[int, Any] = OrderedDict()
+
+    def get(self, key: int, load: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = load()
+        self._items[key] = value
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+
+def float32(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float32) if a.dtype == np.float64 else a
+
+
+def numeric(dtype: np.dtype) -> bool:
+    return np.issubdtype(dtype, np.number) or dtype == np.bool_
+
+
+class ColumnSource(Source):
+    """A file source once its files are known: units (row groups / record runs) with their
+    global start, a loader per unit, and the per-example column specs (name -> (dtype, shape))."""
+
+    #: The files' own type names of the columns, for messages (e.g. Arrow's ``string``).
+    type_names: dict[str, str] = {}  # noqa: RUF012  (replaced per instance, never mutated)
+
+    def __init__(
+        self,
+        spec: FileSource,
+        unit_rows: Sequence[int],
+        columns: dict[str, tuple[np.dtype, tuple[int, ...]]],
+        map_fn: Callable[..., Any] | None,
+        where: str,
+        default_block: int,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.where = where
+        self.map_fn = map_fn
+        self.columns = columns
+        self._unit_starts = np.concatenate([[0], np.cumsum(unit_rows)]).astype(np.int64)
+        self.examples = int(self._unit_starts[-1])
+        self.block = spec.block_size or default_block
+        # without a block_size, a block is one unit (row group / record run): no block
+        # straddles two units, so a block costs one unit's read
+        aligned = not spec.block_size and min(unit_rows) > 0
+        self.block_sizes = np.asarray(unit_rows, np.int64) if aligned else None
+        self.window_blocks = spec.window_blocks
+        smallest = max(1, min(r for r in unit_rows if r > 0))
+        per_block = -(-self.block // smallest) + 1
+        self._cache = RowCache(2 * max(1, self.window_blocks or 8) * per_block)
+        self._check_types()
+        self.raw_spec = self._raw_spec()
+
+    # -- subclasses ------------------------------------------------------------------------
+    def load_unit(self, unit: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    # -- reading ---------------------------------------------------------------------------
+    def unit_raw(self, unit: int) -> list[np.ndarray]:
+        """A unit's rows as ``read`` returns them (converted once, then cached)."""
+        return list(tf.nest.flatten(self._raw_rows(self.load_unit(unit))))
+
+    def read(self, indices: np.ndarray) -> list[np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        units = np.searchsorted(self._unit_starts, indices, side="right") - 1
+        out = [
+            np.empty((len(indices), *s.shape), dtype=s.dtype.as_numpy_dtype)
+            for s in tf.nest.flatten(self.raw_spec)
+        ]
+        by_unit = np.argsort(units, kind="stable")
+        bounds = np.flatnonzero(np.diff(units[by_unit])) + 1
+        for rows in np.split(by_unit, bounds) if len(indices) else []:
+            unit = int(units[rows[0]])
+            arrays = self._cache.get(unit, functools.partial(self.unit_raw, unit))
+            local = indices[rows] - self._unit_starts[unit]
+            for o, a in zip(out, arrays, strict=True):
+                o[rows] = a[local]
+        self.counter.add(len(indices))
+        return out
+
+    def _raw_rows(self, cols: dict[str, np.ndarray]) -> Any:
+        if self.map_fn is not None:
+            return (cols,)
+        spec = self.spec
+        feats = [cols[f] for f in spec.features]
+        if len(feats) == 1 and feats[0].ndim > 1:
+            x = float32(feats[0])
+        else:
+            x = np.stack([f.astype(np.float32) for f in feats], axis=1)
+        out = [x, float32(cols[str(spec.label)])]
+        if spec.weight is not None:
+            out.append(cols[spec.weight].astype(np.float32))
+        return tuple(out)
+
+    def _raw_spec(self) -> Any:
+        probe = {
+            name: np.zeros((1, *shape), dtype) for name, (dtype, shape) in self.columns.items()
+        }
+        rows = self._raw_rows(probe)
+        return tf.nest.map_structure(
+            lambda a: tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype)), rows
+        )
+
+    def apply_map(self, raw: Any) -> Any:
+        assert self.map_fn is not None
+        return self.map_fn(dict(raw[0]) if isinstance(raw, tuple) else dict(raw))
+
+    def _check_types(self) -> None:
+        spec = self.spec
+        for name, (dtype, shape) in self.columns.items():
+            if self.map_fn is not None:
+                continue
+            if not numeric(dtype):
+                raise DataSourceError(
+                    spec.url,
+                    f"column {name!r} has type {self.type_names.get(name, dtype)} (not numeric)",
+                    "use numeric columns, or give a map (file.py:fn) that decodes it",
+                )
+            if name in (spec.label, spec.weight) and shape:
+                raise DataSourceError(
+                    spec.url,
+                    f"column {name!r} is a list/tensor of shape {shape}; label and weight must be "
+                    "numeric scalars",
+                    "name a scalar column, or give a map that builds (x, y)",
+                )
+        feats = [self.columns[f][1] for f in spec.features]
+        if self.map_fn is None and len(feats) > 1 and any(feats):
+            raise DataSourceError(
+                spec.url,
+                "features mix list/tensor columns with others "
+                f"({dict(zip(spec.features, feats, strict=True))})",
+                "give scalar columns only (stacked into x), one list/tensor column, or a map",
+            )
+
+
+def missing_columns(spec: FileSource, available: Sequence[str]) -> None:
+    missing = [c for c in spec.columns if c not in available]
+    if missing:
+        raise DataSourceError(
+            spec.url,
+            f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}",
+            f"name columns the files have: {', '.join(available)}",
+        )
