@@ -242,12 +242,19 @@ class CheckpointStore:
 
     # -- commit ----------------------------------------------------------------------------
     def commit(
-        self, step: int, local_dir: str | os.PathLike[str], state: Mapping[str, Any]
+        self,
+        step: int,
+        local_dir: str | os.PathLike[str],
+        state: Mapping[str, Any],
+        *,
+        report: Mapping[str, Any] | None = None,
     ) -> Manifest:
         """Upload ``local_dir`` as step ``step`` and commit it (manifest last); see module doc.
 
         A step that is already committed and verifies is left as it is: its manifest is
-        returned (a no-op). StaleWriterError when the fence refuses the commit."""
+        returned (a no-op). StaleWriterError when the fence refuses the commit. ``report``:
+        the saver's fields of the ``checkpoint_commit`` event
+        (:func:`storage.commit_protocol.report_commit`)."""
         validate_step(step)
         root = Path(local_dir)
         if not root.is_dir():
@@ -266,7 +273,7 @@ class CheckpointStore:
             existing = commit_protocol.existing_step(self, step)
             if existing is not None:
                 return existing
-            return commit_protocol.commit_new(self, step, root, rels, state_json)
+            return commit_protocol.commit_new(self, step, root, rels, state_json, report)
 
     def _write_manifest(
         self, step: int, files: tuple[FileEntry, ...], state_json: str, prefix: str = ""

@@ -33,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,12 @@ def commit_prefix(store: CheckpointStore) -> str:
 
 
 def commit_new(
-    store: CheckpointStore, step: int, root: Path, rels: list[str], state_json: str
+    store: CheckpointStore,
+    step: int,
+    root: Path,
+    rels: list[str],
+    state_json: str,
+    report: Mapping[str, Any] | None = None,
 ) -> Manifest:
     t0 = time.monotonic()
     prefix = commit_prefix(store)
@@ -105,7 +111,7 @@ def commit_new(
         logger.info("[run=%s step=%d] a concurrent commit won; keeping it", store.url, step)
         return winner
     store._verified.add((step, manifest.digest))
-    report_commit(store, manifest, time.monotonic() - t0)
+    report_commit(store, manifest, time.monotonic() - t0, report)
     return manifest
 
 
@@ -168,7 +174,19 @@ def abandon(store: CheckpointStore, step: int, folder: str, exc: BaseException) 
         logger.warning("[run=%s step=%d] cleanup failed: %s", store.url, step, cleanup_exc)
 
 
-def report_commit(store: CheckpointStore, manifest: Manifest, elapsed: float) -> None:
+def report_commit(
+    store: CheckpointStore,
+    manifest: Manifest,
+    elapsed: float,
+    report: Mapping[str, Any] | None = None,
+) -> None:
+    """Log the commit and write its ``checkpoint_commit`` event; ``report``: the saver's own
+    fields of it (``attempt``, ``blocked_s``, ``waited``; ``started``, a ``time.monotonic()``
+    of this process, becomes ``commit_s``)."""
+    extra = dict(report or {})
+    started = extra.pop("started", None)
+    if isinstance(started, int | float):
+        extra["commit_s"] = round(time.monotonic() - started, 3)
     mib = manifest.total_bytes / 2**20
     logger.info(
         "[run=%s step=%d] committed %d files, %.1f MiB in %.2fs (%.0f MiB/s)",
@@ -185,4 +203,5 @@ def report_commit(store: CheckpointStore, manifest: Manifest, elapsed: float) ->
         files=len(manifest.files),
         bytes=manifest.total_bytes,
         seconds=round(elapsed, 3),
+        **extra,
     )
