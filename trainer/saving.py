@@ -117,15 +117,19 @@ class Saver:
             self.committer.wait_until_finished(left)
 
     def close(self, wait: bool, timeout_s: float | None) -> None:
-        writer, self.writer = self.writer, None
-        committer, self.committer = self.committer, None
+        """Finish (``wait``) or abandon the snapshot in flight and the commits. Idempotent."""
+        writer, committer = self.writer, self.committer
         if committer is None:
             return
-        backup_dir.unregister(self._store().url, committer)
         try:
-            if writer is not None:
-                writer.close(timeout_s if wait else 0.0)
+            if writer is not None and wait:  # first: it hands its snapshot on
+                writer.close(timeout_s)
+            elif writer is not None:
+                with contextlib.suppress(Exception):  # abandoned: the caller is failing
+                    writer.close(0.0)
         finally:
+            self.writer = self.committer = None
+            backup_dir.unregister(self._store().url, committer)
             if wait:
                 committer.close(timeout_s)
             else:
@@ -135,7 +139,8 @@ class Saver:
     # -- internals -------------------------------------------------------------------------
     def _hand_on(self, snap: Snapshot, local_dir: str, meta: Any) -> None:
         state, report = meta
-        assert self.committer is not None
+        if self.committer is None:
+            raise RuntimeError(f"step {snap.step} was not committed: the saves were closed")
         self.committer.submit(
             snap.step, local_dir, state, on_done=self._after_commit, report=report
         )
