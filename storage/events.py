@@ -359,7 +359,13 @@ def reached_before(source: Events, attempt: int) -> int | None:
     return max((s for s in steps if s is not None), default=None)
 
 
-def save_timings(source: Events) -> dict[str, list[float] | int]:
+class SaveTimings(TypedDict):
+    blocked_s: list[float]
+    commit_s: list[float]
+    waited: int
+
+
+def save_timings(source: Events) -> SaveTimings:
     """The trainer's saves in the latest attempt (``checkpoint_commit`` events that carry
     ``blocked_s`` / ``commit_s``), in log order: ``{"blocked_s": [...], "commit_s": [...],
     "waited": n}``; all attempts' when no event names one."""
