@@ -87,12 +87,13 @@ def commit_new(
     rels: list[str],
     state_json: str,
     report: Mapping[str, Any] | None = None,
+    consume: bool = False,
 ) -> Manifest:
     t0 = time.monotonic()
     prefix = commit_prefix(store)
     folder = f"{store.loc.step_dir(step)}/{prefix}"
     try:
-        hashes = store._transfer.put_files(root, rels, folder)
+        hashes = store._transfer.put_files(root, rels, folder, consume)
         files = tuple(FileEntry(rel, *hashes[rel]) for rel in rels)
         check_uploaded(store, step, prefix, files)
         manifest = store._write_manifest(step, files, state_json, prefix)

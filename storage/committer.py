@@ -184,7 +184,13 @@ class AsyncCommitter:
                 self._running = job
                 self._cond.notify_all()
             try:
-                manifest = self.store.commit(job.step, job.local_dir, job.state, report=job.report)
+                manifest = self.store.commit(
+                    job.step,
+                    job.local_dir,
+                    job.state,
+                    report=job.report,
+                    consume=self.delete_local,
+                )
             except BaseException as exc:  # captured for the owner: re-raised on wait/close
                 logger.error(
                     "[run=%s step=%d] background commit failed: %s", self.store.url, job.step, exc

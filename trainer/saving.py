@@ -102,7 +102,10 @@ class Saver:
                 local_dir = self._mkdtemp(g)
                 try:
                     snap.write(local_dir)
-                    self._after_commit(self._store().commit(g, local_dir, state, report=report))
+                    manifest = self._store().commit(
+                        g, local_dir, state, report=report, consume=True
+                    )
+                    self._after_commit(manifest)
                 finally:
                     shutil.rmtree(local_dir, ignore_errors=True)
         self._blocked(t0)
@@ -170,7 +173,7 @@ class Saver:
             self.committer.submit(g, local_dir, state, on_done=self._after_commit, report=report)
         else:
             try:
-                manifest = self._store().commit(g, local_dir, state, report=report)
+                manifest = self._store().commit(g, local_dir, state, report=report, consume=True)
             finally:
                 shutil.rmtree(local_dir, ignore_errors=True)
             self._after_commit(manifest)
