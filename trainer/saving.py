@@ -68,7 +68,7 @@ class Saver:
         if self.committer is not None:
             return False
         self.committer = AsyncCommitter(self._store())
-        backup_dir.register(self._store().url, self.committer)
+        backup_dir.register(self._store().url, self)
         if self.options.snapshot:
             self.writer = SnapshotWriter(self._hand_on, self.options.local_tmp_dir)
         return True
@@ -119,6 +119,10 @@ class Saver:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             self.committer.wait_until_finished(left)
 
+    def wait_until_finished(self, timeout_s: float | None = None) -> None:
+        """:meth:`wait` (what :mod:`trainer.backup_dir` waits on before a restore)."""
+        self.wait(timeout_s)
+
     def close(self, wait: bool, timeout_s: float | None) -> None:
         """Finish (``wait``) or abandon the snapshot in flight and the commits. Idempotent."""
         writer, committer = self.writer, self.committer
@@ -132,7 +136,7 @@ class Saver:
                     writer.close(0.0)
         finally:
             self.writer = self.committer = None
-            backup_dir.unregister(self._store().url, committer)
+            backup_dir.unregister(self._store().url, self)
             if wait:
                 committer.close(timeout_s)
             else:

@@ -158,9 +158,7 @@ class WorkerTrainingState:
         build an unbuilt model and the compiled metrics first."""
         if self._restored:
             return self._restored_state
-        backup_dir.wait_for_other(
-            self.store.url, self._saver.committer, self.options.commit_timeout_s
-        )
+        backup_dir.wait_for_other(self.store.url, self._saver, self.options.commit_timeout_s)
         self._model = model
         spec = self.options.element_spec if element_spec is None else element_spec
         self._parts = prepare_model(model, spec)
