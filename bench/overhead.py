@@ -1,18 +1,26 @@
-"""Overhead of spotrain's BackupAndRestore on a 2-worker CPU run (issue 3's benchmark).
+"""Overhead of spotrain's BackupAndRestore on a 2-worker CPU run, against Ray's own and stock
+Keras checkpointing, in one run on one SeaweedFS server.
 
-A ~5.3M-parameter MLP (checkpoint ~63 MB with Adam) trains under MultiWorkerMirroredStrategy
-on Ray (TensorflowTrainer, 2 CPU workers). Inside ONE worker group the same model runs short
-``fit`` segments of ``3*N+1`` steps, interleaved round-robin (the order rotates every round):
+An MLP (default ~5.3M parameters, checkpoint ~63 MB with Adam; ``--model large``: ~47M, ~570
+MB) trains under MultiWorkerMirroredStrategy on Ray (TensorflowTrainer, 2 CPU workers). Inside
+ONE worker group the same model runs many short ``fit`` segments of 3 epochs x N steps,
+interleaved round-robin (the order rotates every round), so every variant saves at global
+steps N and 2N inside the timed window (first batch to last batch; the restore at train begin
+and the final save at train end are outside it):
 
-  plain        model.fit, no checkpointing                                    (a)
-  spotrain-file  spotrain BackupAndRestore(save_freq=N) to file://            (b)
-  spotrain-s3    the same to a SeaweedFS S3 server on loopback (--no-s3 skips) (b)
-  stock        tf.keras.callbacks.BackupAndRestore(save_freq=N), local disk   (c)
+  plain          model.fit, no checkpointing                                   (the pair's base)
+  spotrain-s3    spotrain BackupAndRestore(save_freq=N) to SeaweedFS S3 (--no-s3 skips)
+  spotrain-file  the same to file://
+  stock          tf.keras.callbacks.BackupAndRestore(save_freq="epoch"), local disk
+  ray-sync       ray.train.tensorflow.keras.ReportCheckpointCallback(checkpoint_on="epoch_end")
+                 (epoch end = every N steps here), Ray storage on the same SeaweedFS
+  ray-async      the same through ray.train.report(..., checkpoint_upload_mode=ASYNC)
 
-Steps/s is measured from the first batch to the last batch of each segment (restore at train
-begin and the final commit at train end are outside the window; the 3 saves per segment are
-inside). Prints the median steps/s per variant, the overhead % vs plain and the mean time a
-step is blocked per save. Run: ``python bench/overhead.py [--save-every 20 --rounds 3]``.
+Per variant: the ratio of its steps/s to plain's in the same round, pair by pair; its median
+and a bootstrap 95 % interval (overhead = 1 - ratio); the median time a save blocked a step
+(spotrain: its SaveStats; stock and Ray: the time inside their save hook on rank 0); and the
+spotrain/anchor ratio of the overheads. ``--quick``: a tiny model and 2 rounds (a smoke test).
+Run: ``python bench/overhead.py [--rounds 12 --save-every 10] [--json]``.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import sys
@@ -34,13 +43,21 @@ if str(ROOT) not in sys.path:
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 
-UNITS = (2048, 1024, 1024)
 FEATURES, CLASSES, EXAMPLES = 1024, 10, 4096
+MODELS = {  # name: (hidden units, global batch size)
+    "default": ((2048, 1024, 1024), 256),
+    "large": ((4608, 4608, 4608), 16),
+    "quick": ((256, 256), 64),
+}
 
 
 def bench_worker(cfg: dict[str, Any]) -> None:
     """Runs on every Ray worker: all variants, interleaved; rank 0 writes the results."""
     import numpy as np
+    import ray.train
+    from ray.train import CheckpointUploadMode
+    from ray.train.tensorflow import TensorflowCheckpoint
+    from ray.train.tensorflow.keras import ReportCheckpointCallback
 
     from trainer import env
     from trainer.callback import BackupAndRestore
@@ -52,10 +69,11 @@ def bench_worker(cfg: dict[str, Any]) -> None:
     worker = WorkerContext.detect()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     env.configure(0, deterministic=False)
+    units = cfg["units"]
     with strategy.scope():
         inputs = tf.keras.Input((FEATURES,))
         h = inputs
-        for u in UNITS:
+        for u in units:
             h = tf.keras.layers.Dense(u, activation="relu")(h)
         model = tf.keras.Model(inputs, tf.keras.layers.Dense(CLASSES)(h))
         model.compile(
@@ -66,35 +84,61 @@ def bench_worker(cfg: dict[str, Any]) -> None:
     x = rng.normal(size=(EXAMPLES, FEATURES)).astype("float32")
     y = rng.integers(0, CLASSES, EXAMPLES)
     n = cfg["save_every"]
-    steps = 3 * n + 1
     g = cfg["global_batch_size"]
     inp = ResumableInput(tf.data.Dataset.from_tensor_slices((x, y)), EXAMPLES, g, 0, 10_000)
 
     class Timer(tf.keras.callbacks.Callback):
+        """First batch begin to last batch end of the segment (3 epochs)."""
+
+        def on_train_begin(self, logs=None):
+            self.t0 = -1.0
+            self.batches = 0
+
         def on_train_batch_begin(self, batch, logs=None):
-            if batch == 0:
+            if self.t0 < 0:
                 self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, batch, logs=None):
             self.t1 = time.perf_counter()
-            self.batches = batch + 1
+            self.batches += 1
 
     class TimedStock(tf.keras.callbacks.BackupAndRestore):
         blocked: ClassVar[list[float]] = []
 
-        def on_train_batch_end(self, batch, logs=None):
+        def on_epoch_end(self, epoch, logs=None):
             t0 = time.perf_counter()
-            before = self._batches_count
-            super().on_train_batch_end(batch, logs)
-            if self._batches_count == 0 and before:  # it saved
+            super().on_epoch_end(epoch, logs)
+            if epoch < 2:  # in the window
                 TimedStock.blocked.append(time.perf_counter() - t0)
+
+    class TimedRay(ReportCheckpointCallback):
+        """Ray's callback; ``upload_async``: its save through ``checkpoint_upload_mode=ASYNC``."""
+
+        blocked: ClassVar[list[float]] = []
+        upload_async = False
+
+        def _handle(self, logs, when):
+            t0 = time.perf_counter()
+            if self.upload_async:
+                ckpt = TensorflowCheckpoint._from_model_internal(self.model)
+                ray.train.report(
+                    self._get_reported_metrics(logs),
+                    checkpoint=ckpt,
+                    checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                    delete_local_checkpoint_after_upload=True,
+                )
+            else:
+                super()._handle(logs, when)
+            self.epochs_seen = getattr(self, "epochs_seen", 0) + 1
+            if self.epochs_seen < 3:  # in the window
+                TimedRay.blocked.append(time.perf_counter() - t0)
 
     results: dict[str, dict[str, list[float]]] = {}
     variants = list(cfg["variants"])
     base = tempfile.mkdtemp(prefix=f"bench-overhead-{worker.rank}-")
     segment = 0
     # warm-up segment: traces the train function outside the measurements
-    model.fit(inp.distribute(strategy), epochs=1, steps_per_epoch=5, verbose=0)
+    model.fit(inp.distribute(strategy), epochs=1, steps_per_epoch=3, verbose=0)
     for rnd in range(cfg["rounds"]):
         order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
         for v in order:
@@ -102,6 +146,7 @@ def bench_worker(cfg: dict[str, Any]) -> None:
             timer = Timer()
             cbs: list[Any] = [timer]
             bar = None
+            blocked: list[float] = []
             if v.startswith("spotrain"):
                 url = (
                     f"file://{cfg['shared_dir']}/run-{segment}"
@@ -121,42 +166,91 @@ def bench_worker(cfg: dict[str, Any]) -> None:
                 cbs.append(bar)
             elif v == "stock":
                 TimedStock.blocked = []
-                cbs.append(TimedStock(os.path.join(base, f"stock-{segment}"), save_freq=n))
+                cbs.append(TimedStock(os.path.join(base, f"stock-{segment}")))
+            elif v.startswith("ray"):
+                TimedRay.blocked = []
+                cb = TimedRay(checkpoint_on="epoch_end", report_metrics_on="epoch_end")
+                cb.upload_async = v == "ray-async"
+                cbs.append(cb)
             model.fit(
-                inp.distribute(strategy),
-                epochs=1,
-                steps_per_epoch=steps,
-                callbacks=cbs,
-                verbose=0,
+                inp.distribute(strategy), epochs=3, steps_per_epoch=n, callbacks=cbs, verbose=0
             )
             # stock BackupAndRestore.on_train_end does `del model._training_state`, which
             # breaks the next fit of the same model (tf-keras 2.21): put the attribute back
             model._training_state = None
+            if bar is not None:  # the in-window saves (the final save at train end excluded)
+                blocked = bar.stats.history_s[:-1]
+            elif v == "stock":
+                blocked = list(TimedStock.blocked)
+            elif v.startswith("ray"):
+                blocked = list(TimedRay.blocked)
             r = results.setdefault(v, {"steps_per_s": [], "blocked_s": []})
             r["steps_per_s"].append((timer.batches - 1) / (timer.t1 - timer.t0))
-            if bar is not None:
-                # the in-window saves (the final save at train end is excluded)
-                r["blocked_s"].append(bar.stats.blocked_s - bar.stats.last_blocked_s)
-                r.setdefault("saves", []).append(bar.stats.saves - 1)
-            elif v == "stock":
-                r["blocked_s"].append(sum(TimedStock.blocked))
-                r.setdefault("saves", []).append(len(TimedStock.blocked))
+            r["blocked_s"].extend(blocked)
     shutil.rmtree(base, ignore_errors=True)
     if worker.rank == 0:
         Path(cfg["out"]).write_text(json.dumps(results))
 
 
+def pair_stats(ratios: list[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Median of the pair-by-pair ratios and a bootstrap 95 % interval of that median."""
+    rnd = random.Random(seed)
+    medians = sorted(statistics.median(rnd.choices(ratios, k=len(ratios))) for _ in range(samples))
+    return {
+        "median": statistics.median(ratios),
+        "lo": medians[int(0.025 * samples)],
+        "hi": medians[int(0.975 * samples) - 1],
+    }
+
+
+def summarize(results: dict[str, dict[str, list[float]]], variants: list[str]) -> dict[str, Any]:
+    plain = results["plain"]["steps_per_s"]
+    out: dict[str, Any] = {}
+    for v in variants:
+        r = results[v]
+        row: dict[str, Any] = {"steps_per_s": statistics.median(r["steps_per_s"])}
+        if v != "plain":
+            ratios = [a / b for a, b in zip(r["steps_per_s"], plain, strict=True)]
+            row["ratio"] = pair_stats(ratios)
+            row["overhead_pct"] = (1 - row["ratio"]["median"]) * 100
+        row["blocked_ms_median"] = (
+            statistics.median(r["blocked_s"]) * 1e3 if r["blocked_s"] else None
+        )
+        row["saves"] = len(r["blocked_s"])
+        out[v] = row
+    return out
+
+
+def ray_storage(server: Any) -> tuple[str, Any]:
+    """Ray's storage on the same SeaweedFS server (pyarrow's S3 filesystem)."""
+    import pyarrow.fs
+
+    fs = pyarrow.fs.S3FileSystem(
+        access_key=server.access_key,
+        secret_key=server.secret_key,
+        endpoint_override=server.endpoint_url,
+        scheme="http",
+        region="us-east-1",
+    )
+    return f"{server.bucket}/bench-overhead-ray", fs
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--save-every", type=int, default=20, help="N: save every N steps")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--save-every", type=int, default=10, help="N: save every N steps")
+    p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--global-batch-size", type=int, default=256)
-    p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS variant")
+    p.add_argument("--model", choices=sorted(MODELS), default="default")
+    p.add_argument("--variants", default="", help="comma list (default: all)")
+    p.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS variants")
+    p.add_argument("--quick", action="store_true", help="tiny model, 2 rounds: a smoke test")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args()
+    if args.quick:
+        args.model, args.rounds, args.save_every = "quick", 2, 3
 
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
@@ -164,13 +258,18 @@ def main() -> int:
     server = None
     s3_options: dict[str, Any] = {}
     s3_base = ""
+    storage_path, storage_fs = str(tmp / "ray"), None
     if not args.no_s3:
         from storage.testing.seaweed import SeaweedServer
 
         server = SeaweedServer.start(tmp / "weed")
         s3_options = server.storage_options
         s3_base = f"s3://{server.bucket}/bench-overhead"
-        variants.insert(2, "spotrain-s3")
+        variants += ["spotrain-s3", "ray-sync", "ray-async"]
+        storage_path, storage_fs = ray_storage(server)
+    if args.variants:
+        variants = ["plain"] + [v for v in args.variants.split(",") if v and v != "plain"]
+    units, batch = MODELS[args.model]
     try:
         ray.init(
             address="local",
@@ -182,7 +281,8 @@ def main() -> int:
         cfg = {
             "save_every": args.save_every,
             "rounds": args.rounds,
-            "global_batch_size": args.global_batch_size,
+            "global_batch_size": batch,
+            "units": units,
             "variants": variants,
             "shared_dir": str(tmp / "runs"),
             "s3_base": s3_base,
@@ -194,37 +294,70 @@ def main() -> int:
             bench_worker,
             train_loop_config=cfg,
             scaling_config=ScalingConfig(num_workers=args.workers),
-            run_config=RunConfig(name="bench-overhead", storage_path=str(tmp / "ray")),
+            run_config=RunConfig(
+                name="bench-overhead",
+                storage_path=storage_path,
+                storage_filesystem=storage_fs,
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
         ).fit()
         results = json.loads(out.read_text())
     finally:
         ray.shutdown()
         if server is not None:
             server.stop()
-    ckpt_mb = (
-        sum(f.stat().st_size for f in (tmp / "runs").rglob("*") if f.is_file() and "run-" in str(f))
-        / 2**20
-        / max(1, len(list((tmp / "runs").glob("run-*"))))
-    )
-    plain = statistics.median(results["plain"]["steps_per_s"])
+    runs = [d for d in (tmp / "runs").glob("run-*") if d.is_dir()]
+    ckpt_mb = sum(f.stat().st_size for d in runs for f in d.rglob("ckpt.data*")) / 2**20
+    ckpt_mb /= max(1, len(runs))
+    summary = summarize(results, variants)
+    params = sum(a * b + b for a, b in zip((FEATURES, *units), (*units, CLASSES), strict=True))
+    head = {
+        "workers": args.workers,
+        "model": args.model,
+        "params": params,
+        "checkpoint_mb": round(ckpt_mb, 1),
+        "global_batch_size": batch,
+        "save_every": args.save_every,
+        "rounds": args.rounds,
+        "seconds": round(time.time() - t0),
+    }
+    shutil.rmtree(tmp, ignore_errors=True)
+    if args.json:
+        print(json.dumps({**head, "variants": summary, "raw": results}, indent=2))
+        return 0
     print(
-        f"\nbench/overhead.py: {args.workers} CPU workers, MLP {FEATURES}-"
-        f"{'-'.join(map(str, UNITS))}-{CLASSES} (~5.3M params, checkpoint ~{ckpt_mb:.0f} MB), "
-        f"global batch {args.global_batch_size}, save every {args.save_every} steps, "
-        f"{args.rounds} interleaved rounds, {time.time() - t0:.0f}s"
+        f"\nbench/overhead.py: {args.workers} CPU workers, model {args.model} "
+        f"({params / 1e6:.1f}M params, checkpoint ~{ckpt_mb:.0f} MB), global batch {batch}, "
+        f"3 epochs x {args.save_every} steps per segment (saves at N, 2N in the window), "
+        f"{args.rounds} interleaved rounds, {head['seconds']}s"
     )
     print(
-        f"{'variant':15s} {'steps/s (median)':>17s} {'overhead':>9s} {'blocked/save':>13s}  per round"
+        f"{'variant':14s} {'steps/s':>8s} {'ratio vs plain [95% CI]':>26s} {'overhead':>9s} "
+        f"{'blocked/save':>13s} {'saves':>6s}"
     )
     for v in variants:
-        r = results[v]
-        sps = statistics.median(r["steps_per_s"])
-        saves = sum(r.get("saves", [])) or 0
-        blocked = (sum(r["blocked_s"]) / saves) if saves else 0.0
-        over = (plain - sps) / plain * 100 if v != "plain" else 0.0
-        rounds = " ".join(f"{s:.2f}" for s in r["steps_per_s"])
-        print(f"{v:15s} {sps:17.3f} {over:8.1f}% {blocked * 1000:10.0f} ms  {rounds}")
-    shutil.rmtree(tmp, ignore_errors=True)
+        row = summary[v]
+        ratio = row.get("ratio")
+        ci = f"{ratio['median']:.3f} [{ratio['lo']:.3f}, {ratio['hi']:.3f}]" if ratio else "-"
+        over = f"{row['overhead_pct']:8.1f}%" if ratio else f"{'-':>9s}"
+        blk = row["blocked_ms_median"]
+        blk_s = f"{blk:10.1f} ms" if blk is not None else f"{'-':>13s}"
+        print(f"{v:14s} {row['steps_per_s']:8.2f} {ci:>26s} {over} {blk_s} {row['saves']:6d}")
+    for mine in ("spotrain-s3", "spotrain-file"):
+        if mine not in summary:
+            continue
+        for anchor in ("stock", "ray-sync", "ray-async"):
+            if anchor in summary:
+                a, b = summary[mine], summary[anchor]
+                blk = (
+                    f"{a['blocked_ms_median'] / b['blocked_ms_median']:.2f}"
+                    if a["blocked_ms_median"] and b["blocked_ms_median"]
+                    else "-"
+                )
+                print(
+                    f"{mine}/{anchor}: overhead {a['overhead_pct']:.1f}% vs "
+                    f"{b['overhead_pct']:.1f}%, blocked/save ratio {blk}"
+                )
     return 0
 
 

@@ -150,6 +150,8 @@ class Progress:
             table.add_row(
                 "last commit", f"step {lc['step']}, {lc['age_s']:.0f}s ago" if lc else "-"
             )
+            if rep.save_line():
+                table.add_row("saves", rep.save_line())
             table.add_row("attempts", str(rep.attempts))
             table.add_row("preemptions", str(rep.preemptions))
             if rep.lost_steps:

@@ -111,6 +111,8 @@ def _status_text(rep: Any) -> str:
         )
     else:
         lines.append("last commit  none")
+    if rep.save_line():
+        lines.append(f"saves        {rep.save_line()}")
     if rep.corrupt_steps:
         lines.append(
             f"corrupt      steps {rep.corrupt_steps} (manifest unreadable; restore falls back)"

@@ -242,12 +242,22 @@ class CheckpointStore:
 
     # -- commit ----------------------------------------------------------------------------
     def commit(
-        self, step: int, local_dir: str | os.PathLike[str], state: Mapping[str, Any]
+        self,
+        step: int,
+        local_dir: str | os.PathLike[str],
+        state: Mapping[str, Any],
+        *,
+        report: Mapping[str, Any] | None = None,
+        consume: bool = False,
     ) -> Manifest:
         """Upload ``local_dir`` as step ``step`` and commit it (manifest last); see module doc.
 
         A step that is already committed and verifies is left as it is: its manifest is
-        returned (a no-op). StaleWriterError when the fence refuses the commit."""
+        returned (a no-op). StaleWriterError when the fence refuses the commit. ``report``:
+        the saver's fields of the ``checkpoint_commit`` event
+        (:func:`storage.commit_protocol.report_commit`). ``consume``: ``local_dir`` is handed
+        over (the caller deletes it after, never changes it): on a local run on the same
+        filesystem its files are hard-linked into the commit instead of copied."""
         validate_step(step)
         root = Path(local_dir)
         if not root.is_dir():
@@ -266,7 +276,7 @@ class CheckpointStore:
             existing = commit_protocol.existing_step(self, step)
             if existing is not None:
                 return existing
-            return commit_protocol.commit_new(self, step, root, rels, state_json)
+            return commit_protocol.commit_new(self, step, root, rels, state_json, report, consume)
 
     def _write_manifest(
         self, step: int, files: tuple[FileEntry, ...], state_json: str, prefix: str = ""
@@ -333,7 +343,8 @@ class CheckpointStore:
         src = f"{step_dir}/{manifest.prefix}" if manifest.prefix else step_dir
         rels = [e.path for e in manifest.files]
         verify = partial(manifest.verify_file, where=self.url)
-        self._transfer.get_files(src, rels, dest, verify)
+        sizes = {e.path: e.size for e in manifest.files}
+        self._transfer.get_files(src, rels, dest, verify, sizes)
         self._verified.add((manifest.step, manifest.digest))
 
     # -- retention and sweeping (storage.pruning; decisions in storage.retention) ----------

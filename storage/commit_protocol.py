@@ -33,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,19 @@ def commit_prefix(store: CheckpointStore) -> str:
 
 
 def commit_new(
-    store: CheckpointStore, step: int, root: Path, rels: list[str], state_json: str
+    store: CheckpointStore,
+    step: int,
+    root: Path,
+    rels: list[str],
+    state_json: str,
+    report: Mapping[str, Any] | None = None,
+    consume: bool = False,
 ) -> Manifest:
     t0 = time.monotonic()
     prefix = commit_prefix(store)
     folder = f"{store.loc.step_dir(step)}/{prefix}"
     try:
-        hashes = store._transfer.put_files(root, rels, folder)
+        hashes = store._transfer.put_files(root, rels, folder, consume)
         files = tuple(FileEntry(rel, *hashes[rel]) for rel in rels)
         check_uploaded(store, step, prefix, files)
         manifest = store._write_manifest(step, files, state_json, prefix)
@@ -105,7 +112,7 @@ def commit_new(
         logger.info("[run=%s step=%d] a concurrent commit won; keeping it", store.url, step)
         return winner
     store._verified.add((step, manifest.digest))
-    report_commit(store, manifest, time.monotonic() - t0)
+    report_commit(store, manifest, time.monotonic() - t0, report)
     return manifest
 
 
@@ -168,7 +175,19 @@ def abandon(store: CheckpointStore, step: int, folder: str, exc: BaseException) 
         logger.warning("[run=%s step=%d] cleanup failed: %s", store.url, step, cleanup_exc)
 
 
-def report_commit(store: CheckpointStore, manifest: Manifest, elapsed: float) -> None:
+def report_commit(
+    store: CheckpointStore,
+    manifest: Manifest,
+    elapsed: float,
+    report: Mapping[str, Any] | None = None,
+) -> None:
+    """Log the commit and write its ``checkpoint_commit`` event; ``report``: the saver's own
+    fields of it (``attempt``, ``blocked_s``, ``waited``; ``started``, a ``time.monotonic()``
+    of this process, becomes ``commit_s``)."""
+    extra = dict(report or {})
+    started = extra.pop("started", None)
+    if isinstance(started, int | float):
+        extra["commit_s"] = round(time.monotonic() - started, 3)
     mib = manifest.total_bytes / 2**20
     logger.info(
         "[run=%s step=%d] committed %d files, %.1f MiB in %.2fs (%.0f MiB/s)",
@@ -185,4 +204,5 @@ def report_commit(store: CheckpointStore, manifest: Manifest, elapsed: float) ->
         files=len(manifest.files),
         bytes=manifest.total_bytes,
         seconds=round(elapsed, 3),
+        **extra,
     )

@@ -46,6 +46,7 @@ class _Job:
     local_dir: str
     state: dict[str, Any]
     on_done: Callable[[Manifest], None] | None
+    report: Mapping[str, Any] | None = None
 
 
 class AsyncCommitter:
@@ -85,11 +86,13 @@ class AsyncCommitter:
         local_dir: str | os.PathLike[str],
         state: Mapping[str, Any],
         on_done: Callable[[Manifest], None] | None = None,
+        report: Mapping[str, Any] | None = None,
     ) -> None:
         """Queue ``local_dir`` for commit as ``step``; returns at once (unless
-        ``supersede=False`` and a commit is already waiting). Re-raises an earlier upload error."""
+        ``supersede=False`` and a commit is already waiting). Re-raises an earlier upload error.
+        ``report``: passed to :meth:`CheckpointStore.commit` (the event's saver fields)."""
         validate_step(step)
-        job = _Job(step, os.fspath(local_dir), dict(state), on_done)
+        job = _Job(step, os.fspath(local_dir), dict(state), on_done, report)
         with self._cond:
             self._raise_pending()
             if self._closed:
@@ -181,7 +184,13 @@ class AsyncCommitter:
                 self._running = job
                 self._cond.notify_all()
             try:
-                manifest = self.store.commit(job.step, job.local_dir, job.state)
+                manifest = self.store.commit(
+                    job.step,
+                    job.local_dir,
+                    job.state,
+                    report=job.report,
+                    consume=self.delete_local,
+                )
             except BaseException as exc:  # captured for the owner: re-raised on wait/close
                 logger.error(
                     "[run=%s step=%d] background commit failed: %s", self.store.url, job.step, exc

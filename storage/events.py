@@ -44,6 +44,7 @@ __all__ = [
     "ray_raise",
     "reached_before",
     "restores",
+    "save_timings",
     "stop_requested",
 ]
 
@@ -140,11 +141,21 @@ class RestorePayload(AttemptNumber, total=False):
     started_at: float
 
 
-class CheckpointCommitPayload(TypedDict):
+class _CheckpointCommitRequired(TypedDict):
     step: int
     files: int
     bytes: int
-    seconds: float
+    seconds: float  # the store's: upload + manifest
+
+
+class CheckpointCommitPayload(_CheckpointCommitRequired, AttemptNumber, total=False):
+    """Plus, from a trainer's save: ``blocked_s`` (training stopped for the snapshot),
+    ``commit_s`` (snapshot taken → manifest written: write, queue, upload), ``waited`` (saves
+    of this attempt so far that waited for the previous snapshot's write)."""
+
+    blocked_s: float
+    commit_s: float
+    waited: int
 
 
 class CheckpointCorruptPayload(TypedDict):
@@ -346,3 +357,35 @@ def reached_before(source: Events, attempt: int) -> int | None:
         if (attempt_of(e) or attempt) < attempt and _step_of(e) is not None
     ]
     return max((s for s in steps if s is not None), default=None)
+
+
+class SaveTimings(TypedDict):
+    blocked_s: list[float]
+    commit_s: list[float]
+    waited: int
+
+
+def save_timings(source: Events) -> SaveTimings:
+    """The trainer's saves in the latest attempt (``checkpoint_commit`` events that carry
+    ``blocked_s`` / ``commit_s``), in log order: ``{"blocked_s": [...], "commit_s": [...],
+    "waited": n}``; all attempts' when no event names one."""
+    evs = of_kind(source, Kind.ATTEMPT_START, Kind.CHECKPOINT_COMMIT)
+    latest = current_attempt(evs)
+    commits = [
+        e
+        for e in of_kind(evs, Kind.CHECKPOINT_COMMIT)
+        if "blocked_s" in e.payload and (latest == 0 or attempt_of(e) in (latest, None))
+    ]
+    numbered = [e for e in commits if attempt_of(e) is not None]
+    commits = numbered or commits
+
+    def floats(key: str) -> list[float]:
+        values = (e.payload.get(key) for e in commits)
+        return [float(v) for v in values if isinstance(v, int | float)]
+
+    waited = [_int(e.payload.get("waited")) for e in commits]
+    return {
+        "blocked_s": floats("blocked_s"),
+        "commit_s": floats("commit_s"),
+        "waited": max((n for n in waited if n is not None), default=0),
+    }

@@ -4,7 +4,10 @@
 ``concurrency`` threads, the first failure cancels the jobs not yet started and is re-raised
 once the running ones have ended. :class:`FileTransfer` puts and gets lists of files with it,
 each storage call retried by the caller's retry function. On real local files (not a wrapper)
-copy and sha256 are one pass per file; elsewhere the local side is hashed separately.
+copy and sha256 are one pass per file, and an upload that may consume its source (the caller
+hands the directory over) hard-links it when both sides share a filesystem, then hashes the
+linked file: the committed bytes themselves. Elsewhere the local side is hashed separately;
+a big download from an object store is split into parallel ranged GETs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from typing import Any, Protocol, TypeVar
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
-from storage.constants import MANIFEST_NAME
+from storage.constants import (
+    DEFAULT_RANGED_GET_MIN_BYTES,
+    DEFAULT_RANGED_GET_PART_BYTES,
+    MANIFEST_NAME,
+)
 from storage.errors import CheckpointStateError, CorruptCheckpointError
 from storage.location import RunLocation, validate_relpath
 from storage.manifest import Manifest, copy_and_hash, sha256_file
@@ -78,29 +85,62 @@ class FileTransfer:
         self.local = isinstance(fs, LocalFileSystem)
 
     # -- one file --------------------------------------------------------------------------
-    def put_file(self, src: Path, dst: str, what: str) -> SizeAndHash | None:
-        """Upload ``src`` to ``dst``; on local files also return (size, sha256) of ``src``."""
+    def put_file(self, src: Path, dst: str, what: str, consume: bool = False) -> SizeAndHash | None:
+        """Upload ``src`` to ``dst``; on local files also return (size, sha256) of what landed.
+        ``consume``: ``src`` is the caller's no more (it will not change): link it if possible."""
         if self.local:
             os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if consume and _link(src, dst):
+                return sha256_file(dst, self.hash_block_bytes)
             return self.call(what, lambda: copy_and_hash(src, dst, self.hash_block_bytes))
         self.call(what, lambda: self.fs.put_file(str(src), dst))
         return None
 
-    def get_file(self, src: str, dst: Path, what: str) -> SizeAndHash:
-        """Download ``src`` to ``dst``; return (size, sha256) of what landed."""
+    def get_file(self, src: str, dst: Path, what: str, size: int | None = None) -> SizeAndHash:
+        """Download ``src`` to ``dst``; return (size, sha256) of what landed. ``size``: the
+        expected size (a big file from an object store is then fetched in parallel ranges)."""
         if self.local:
             return self.call(what, lambda: copy_and_hash(src, dst, self.hash_block_bytes))
+        if size is not None and size >= DEFAULT_RANGED_GET_MIN_BYTES and self.concurrency > 1:
+            return self._get_ranged(src, dst, size, what)
         self.call(what, lambda: self.fs.get_file(src, str(dst)))
         return sha256_file(dst, self.hash_block_bytes)
 
+    def _get_ranged(self, src: str, dst: Path, size: int, what: str) -> SizeAndHash:
+        """``size`` bytes of ``src`` in parallel ranged GETs, written in place; a remote file
+        of another size gives its own size back (the caller's check fails on it)."""
+        part = DEFAULT_RANGED_GET_PART_BYTES
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        other_size: list[int] = []
+        try:
+
+            def fetch(start: int) -> None:
+                last = start + part >= size
+                end = size + 1 if last else start + part  # one byte more: a longer file shows
+                data = self.call(what, lambda: self.fs.cat_file(src, start=start, end=end))
+                if len(data) != min(end, size) - start:
+                    other_size.append(start + len(data))
+                os.pwrite(fd, data[: min(end, size) - start], start)
+
+            run_parallel(
+                [partial(fetch, s) for s in range(0, max(size, 1), part)], self.concurrency
+            )
+        finally:
+            os.close(fd)
+        got = sha256_file(dst, self.hash_block_bytes)
+        return (other_size[0], got[1]) if other_size else got
+
     # -- lists of files --------------------------------------------------------------------
-    def put_files(self, root: Path, rels: Sequence[str], dst_dir: str) -> dict[str, SizeAndHash]:
+    def put_files(
+        self, root: Path, rels: Sequence[str], dst_dir: str, consume: bool = False
+    ) -> dict[str, SizeAndHash]:
         """Upload ``root/rel`` to ``dst_dir/rel`` for every ``rel``, biggest first (so the pool
-        stays busy to the end), hashing the sources alongside. Returns {rel: (size, sha256)}."""
+        stays busy to the end), hashing the sources alongside. Returns {rel: (size, sha256)}.
+        ``consume``: the files are handed over (see :meth:`put_file`)."""
         hashes: dict[str, SizeAndHash] = {}
 
         def upload(rel: str) -> None:
-            got = self.put_file(root / rel, f"{dst_dir}/{rel}", f"upload {rel}")
+            got = self.put_file(root / rel, f"{dst_dir}/{rel}", f"upload {rel}", consume)
             if got is not None:
                 hashes[rel] = got
 
@@ -121,6 +161,7 @@ class FileTransfer:
         rels: Sequence[str],
         dest: Path,
         verify: Callable[[str, SizeAndHash | None], None],
+        sizes: Mapping[str, int] | None = None,
     ) -> None:
         """Download ``src_dir/rel`` to ``dest/rel`` for every ``rel``.
 
@@ -136,7 +177,7 @@ class FileTransfer:
             written.append(local)
             try:
                 got: SizeAndHash | None = self.get_file(
-                    f"{src_dir}/{rel}", local, f"download {rel}"
+                    f"{src_dir}/{rel}", local, f"download {rel}", (sizes or {}).get(rel)
                 )
             except FileNotFoundError:
                 got = None
@@ -149,6 +190,15 @@ class FileTransfer:
                 with contextlib.suppress(OSError):
                     p.unlink()
             raise
+
+
+def _link(src: Path, dst: str) -> bool:
+    """Hard-link ``src`` as ``dst``; False where the filesystem cannot (another device...)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        return False
+    return True
 
 
 def local_files(root: Path) -> list[str]:

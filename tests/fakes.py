@@ -2,7 +2,9 @@
 
 ``FaultyFileSystem(fs)`` forwards every attribute to a real fsspec filesystem and can make
 chosen methods fail: ``fail("put_file", OSError(errno.ECONNRESET, "reset"), times=2)`` fails
-the first two calls, ``after=k`` lets k calls through first. ``calls`` counts calls per method.
+the first two calls, ``after=k`` lets k calls through first. ``hold("put_file", fn, after=k)`` runs ``fn()`` before
+call k+1 goes through (a slow or stuck upload; ``fn`` may wait, sleep or kill the process).
+``calls`` counts calls per method.
 Pass it as ``fs=`` to CheckpointStore / RunRecord / Lease.
 """
 
@@ -26,12 +28,22 @@ class _Fault:
     raised: int = 0
 
 
+@dataclass
+class _Hold:
+    fn: Callable[[], None]
+    times: int | None
+    after: int
+    seen: int = 0
+    ran: int = 0
+
+
 class FaultyFileSystem:
     """A real fsspec filesystem with per-method failure switches."""
 
     def __init__(self, fs: AbstractFileSystem) -> None:
         self._fs = fs
         self._faults: dict[str, _Fault] = {}
+        self._holds: dict[str, _Hold] = {}
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
 
@@ -48,8 +60,18 @@ class FaultyFileSystem:
         self._faults[method] = _Fault(exc, times, after)
         return self
 
+    def hold(
+        self, method: str, fn: Callable[[], None], after: int = 0, times: int | None = 1
+    ) -> FaultyFileSystem:
+        """Run ``fn()`` before calls ``after+1 .. after+times`` of ``method`` go through."""
+        if not callable(getattr(self._fs, method, None)):
+            raise AttributeError(f"{type(self._fs).__name__} has no method {method}")
+        self._holds[method] = _Hold(fn, times, after)
+        return self
+
     def clear(self) -> None:
         self._faults.clear()
+        self._holds.clear()
 
     def raised(self, method: str) -> int:
         fault = self._faults.get(method)
@@ -65,6 +87,13 @@ class FaultyFileSystem:
                 self.calls[name] += 1
                 fault = self._faults.get(name)
                 boom: BaseException | None = None
+                held: Callable[[], None] | None = None
+                hold = self._holds.get(name)
+                if hold is not None:
+                    hold.seen += 1
+                    if hold.seen > hold.after and (hold.times is None or hold.ran < hold.times):
+                        hold.ran += 1
+                        held = hold.fn
                 if fault is not None:
                     fault.seen += 1
                     if fault.seen > fault.after and (
@@ -72,6 +101,8 @@ class FaultyFileSystem:
                     ):
                         fault.raised += 1
                         boom = fault.exc() if callable(fault.exc) else fault.exc
+            if held is not None:
+                held()  # outside the lock: other calls go on meanwhile
             if boom is not None:
                 raise boom
             return attr(*args, **kwargs)

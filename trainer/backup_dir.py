@@ -11,29 +11,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from typing import Protocol
 
 from storage.checkpoints import CheckpointStore
-from storage.committer import AsyncCommitter
 
 logger = logging.getLogger(__name__)
 
-_LIVE: dict[str, AsyncCommitter] = {}
+
+class Pending(Protocol):
+    """Background saves of one state (``trainer.saving.Saver``: snapshot write + commit)."""
+
+    def wait_until_finished(self, timeout_s: float | None = None) -> None: ...
+
+
+_LIVE: dict[str, Pending] = {}
 _LOCK = threading.Lock()
 
 
-def register(url: str, committer: AsyncCommitter) -> None:
+def register(url: str, committer: Pending) -> None:
     """``committer`` is the background uploader of run ``url`` in this process from now on."""
     with _LOCK:
         _LIVE[url] = committer
 
 
-def unregister(url: str, committer: AsyncCommitter) -> None:
+def unregister(url: str, committer: Pending) -> None:
     with _LOCK:
         if _LIVE.get(url) is committer:
             del _LIVE[url]
 
 
-def wait_for_other(url: str, mine: AsyncCommitter | None, timeout_s: float) -> None:
+def wait_for_other(url: str, mine: Pending | None, timeout_s: float) -> None:
     """Wait until the last background upload to ``url`` started by another state finished."""
     with _LOCK:
         other = _LIVE.get(url)

@@ -25,7 +25,9 @@ class BackupOptions:
 
     storage_options: fsspec options of the backup URL (credentials, endpoint).
     keep_last / keep_every: retention after each commit (keep_last=0 keeps all).
-    async_upload: commit in the background; a step is blocked only for the local write.
+    async_upload: commit in the background; a step is blocked only for the snapshot.
+    snapshot: save through an in-memory snapshot written in the background
+        (:mod:`trainer.saving`); False: every rank writes its checkpoint at the boundary.
     save_at_epoch_end: also save at each epoch end (default: only when save_freq="epoch").
     preemption_poll_steps: poll SIGTERM / Ray's preemption notice every N global steps on every
         rank (0 = never; with save_before_preemption=True then every step).
@@ -45,6 +47,7 @@ class BackupOptions:
     keep_last: int = DEFAULT_KEEP_LAST
     keep_every: int = 0
     async_upload: bool = True
+    snapshot: bool = True
     save_at_epoch_end: bool | None = None
     preemption_poll_steps: int = DEFAULT_PREEMPTION_POLL_STEPS
     commit_timeout_s: float = DEFAULT_COMMIT_TIMEOUT_S

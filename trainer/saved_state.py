@@ -4,7 +4,7 @@ how long saves blocked training."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer import state as st
@@ -17,11 +17,24 @@ STATE_FORMAT = 1
 
 @dataclass
 class SaveStats:
-    """How long saves blocked training (the local write; the upload runs in the background)."""
+    """How long saves blocked training (the snapshot; writing and upload run in the
+    background), and how many saves waited for the previous snapshot's write."""
 
     saves: int = 0
     blocked_s: float = 0.0
     last_blocked_s: float = 0.0
+    waited: int = 0
+    #: blocked time of each save, the latest ``MAX_HISTORY``
+    history_s: list[float] = field(default_factory=list)
+
+    MAX_HISTORY = 10_000
+
+    def add(self, blocked_s: float) -> None:
+        self.saves += 1
+        self.blocked_s += blocked_s
+        self.last_blocked_s = blocked_s
+        self.history_s.append(blocked_s)
+        del self.history_s[: -self.MAX_HISTORY]
 
     @property
     def mean_blocked_s(self) -> float:

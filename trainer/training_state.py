@@ -3,20 +3,15 @@
 What :class:`trainer.callback.BackupAndRestore`'s Keras hooks drive (tf-keras splits its own
 ``BackupAndRestore`` the same way, with ``WorkerTrainingState``): the position (epoch, global
 step, last step boundary), the restore (:mod:`trainer.restore`), the other callbacks' state and
-the metrics history, and the save protocol: every rank gathers its per-rank variable copies (a
-collective) and writes a ``tf.train.Checkpoint`` to a local temp dir (every rank must: reading
-ON_READ variables is a collective); only the chief's directory is committed, by default by a
-background :class:`storage.committer.AsyncCommitter`, followed by retention. A save for a
-preemption waits until the commit is durable on every rank.
+the metrics history, and the save protocol: every rank gathers its per-rank variable copies and
+reads the checkpoint's tensors (collectives); the chief keeps them as an in-memory snapshot that
+is written and committed in the background (:mod:`trainer.saving`), followed by retention. A
+save for a preemption waits until the commit is durable on every rank.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import time
 from typing import Any
 
@@ -24,7 +19,6 @@ import numpy as np
 
 from storage import events
 from storage.checkpoints import CheckpointStore
-from storage.committer import AsyncCommitter
 from storage.errors import SpotrainError, StaleWriterError
 from storage.fencing import Fence
 from storage.location import RunLocation
@@ -33,10 +27,11 @@ from trainer import state as st
 from trainer.backup_options import BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.errors import JobSpecError, TrainerError
-from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, ModelParts, prepare_model
+from trainer.model_io import ModelParts, prepare_model
 from trainer.other_callbacks import OtherCallbacks
 from trainer.restore import restore_committed
 from trainer.saved_state import ManifestPosition, SaveStats, manifest_state
+from trainer.saving import Saver
 
 import tensorflow as tf  # isort: skip
 
@@ -63,7 +58,14 @@ class WorkerTrainingState:
         self.worker = worker
         self.stats = SaveStats()
         self._store = store
-        self._committer: AsyncCommitter | None = None
+        self._saver = Saver(
+            lambda: self.store,
+            options,
+            worker.is_chief,
+            self.stats,
+            self._after_commit,
+            self._attempt,
+        )
         self._model: tf.keras.Model | None = None
         self._parts: ModelParts | None = None
         self._restored = False
@@ -126,8 +128,8 @@ class WorkerTrainingState:
 
     @property
     def last_committed_step(self) -> int | None:
-        if self._committer is not None:
-            return self._committer.last_committed_step
+        if self._saver.committer is not None:
+            return self._saver.committer.last_committed_step
         return self._last_saved_step
 
     @property
@@ -156,7 +158,7 @@ class WorkerTrainingState:
         build an unbuilt model and the compiled metrics first."""
         if self._restored:
             return self._restored_state
-        backup_dir.wait_for_other(self.store.url, self._committer, self.options.commit_timeout_s)
+        backup_dir.wait_for_other(self.store.url, self._saver, self.options.commit_timeout_s)
         self._model = model
         spec = self.options.element_spec if element_spec is None else element_spec
         self._parts = prepare_model(model, spec)
@@ -285,24 +287,17 @@ class WorkerTrainingState:
     # ------------------------------------------------------------------ saving
     def start_async_commits(self) -> bool:
         """Commit in the background from now on; True when this call started the committer."""
-        if self._committer is not None:
-            return False
-        self._committer = AsyncCommitter(self.store)
-        backup_dir.register(self.store.url, self._committer)
-        return True
+        return self._saver.start_async()
 
     def wait_for_commit(self) -> None:
-        """Wait (this rank only, no collective) until a background commit is durable."""
-        if self._committer is not None:
-            self._committer.wait_until_finished(self.options.commit_timeout_s)
+        """Wait (this rank only, no collective) until a background save is durable."""
+        self._saver.wait(self.options.commit_timeout_s)
 
     def save(self, g: int, epoch: int, step: int, finished: bool, wait: bool) -> None:
         """Save step ``g`` (a collective: every rank calls it); ``wait``: until it is committed,
         on every rank, which then all fail together if the chief's commit failed."""
         assert self._model is not None and self._parts is not None, "restore() first"
         strategy = self._model.distribute_strategy
-        t0 = time.perf_counter()
-        assert self._parts is not None
         state = manifest_state(
             ManifestPosition(g, epoch, step, self._spe, finished),
             self.options,
@@ -313,46 +308,25 @@ class WorkerTrainingState:
             self._notice,
         )
         rows = st.gather_rows(strategy, st.flatten_locals(self._parts.on_read))
-        local_dir = tempfile.mkdtemp(
-            prefix=f"spotrain-{g:012d}-", dir=self.options.local_tmp_dir or None
-        )
-        self._parts.checkpoint.write(os.path.join(local_dir, CKPT_PREFIX))  # every rank
         ok = True
-        if not self.worker.is_chief:
-            shutil.rmtree(local_dir, ignore_errors=True)
-        else:
-            tf.raw_ops.SaveV2(
-                prefix=os.path.join(local_dir, RANKS_PREFIX),
-                tensor_names=[f"rank/{r}" for r in range(rows.shape[0])],
-                shape_and_slices=[""] * rows.shape[0],
-                tensors=[tf.constant(r) for r in rows],
-            )
-            if self._committer is not None:
-                self._committer.submit(g, local_dir, state, on_done=self._after_commit)
-            else:
-                try:
-                    manifest = self.store.commit(g, local_dir, state)
-                finally:
-                    shutil.rmtree(local_dir, ignore_errors=True)
-                self._after_commit(manifest)
-        blocked = time.perf_counter() - t0
-        self.stats.saves += 1
-        self.stats.blocked_s += blocked
-        self.stats.last_blocked_s = blocked
-        self._last_saved_step = g
-        if wait:
-            error: BaseException | None = None
-            if self._committer is not None:
-                try:
-                    self._committer.wait_until_finished(self.options.commit_timeout_s)
-                except BaseException as exc:  # re-raised below, after the ranks agreed
-                    error, ok = exc, False
-            # every rank waits for the chief's commit; all fail together if it failed
-            if not st.any_rank(strategy, not ok) and error is None:
-                return
-            if error is not None:
-                raise error
-            raise TrainerError(f"the chief could not commit step {g}; see the chief's log")
+        error: BaseException | None = None
+        try:
+            self._saver.save(g, self._parts, state, rows)
+            self._last_saved_step = g
+            if wait:
+                self._saver.wait(self.options.commit_timeout_s)
+        except BaseException as exc:  # re-raised below, after the ranks agreed
+            if not wait:
+                raise
+            error, ok = exc, False
+        if not wait:
+            return
+        # every rank waits for the chief's commit; all fail together if it failed
+        if not st.any_rank(strategy, not ok) and error is None:
+            return
+        if error is not None:
+            raise error
+        raise TrainerError(f"the chief could not commit step {g}; see the chief's log")
 
     def emergency_save(self, g: int, epoch: int, step: int, reason: str) -> None:
         """Save for a preemption: wait for the commit, record a ``preemption`` event."""
@@ -373,16 +347,8 @@ class WorkerTrainingState:
             backup_dir.delete_backup(self.store)
 
     def close(self, wait: bool = True) -> None:
-        """Finish (``wait``) or abandon background commits. Idempotent."""
-        committer, self._committer = self._committer, None
-        if committer is None:
-            return
-        backup_dir.unregister(self.store.url, committer)
-        if wait:
-            committer.close(self.options.commit_timeout_s)
-        else:
-            with contextlib.suppress(Exception):
-                committer.close(0.0)
+        """Finish (``wait``) or abandon background saves. Idempotent."""
+        self._saver.close(wait, self.options.commit_timeout_s)
 
     def _after_commit(self, manifest: Any) -> None:
         if self.options.keep_last:

@@ -195,3 +195,29 @@ def test_run_of_a_finished_run_prints_the_summary_and_exits_0(
     assert main(["run", str(job)]) == 0  # text: one line on stdout
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "SUCCEEDED" in out[0]
+
+
+def test_status_shows_the_current_attempts_save_timings(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    url = f"file://{tmp_path}/runs/saves"
+    rec = RunRecord(url)
+    rec.write_spec({"name": "saves", "epochs": 2})
+    store = CheckpointStore(url)
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    (src / "ckpt.index").write_bytes(b"x")
+    rec.append_event("attempt_start", attempt=1, source="driver")
+    store.commit(5, src, {"global_step": 5}, report={"attempt": 1, "blocked_s": 9.0, "waited": 4})
+    rec.append_event("attempt_start", attempt=2, source="ray")
+    for step, blocked in ((10, 0.004), (15, 0.030), (20, 0.010)):
+        report = {"attempt": 2, "blocked_s": blocked, "waited": 1, "started": 0.0}
+        store.commit(step, src, {"global_step": step}, report=report)
+    assert main(["status", url, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["save_blocked_s"] == {"median": 0.01, "last": 0.01, "n": 3}  # attempt 2 only
+    assert data["commit_s"]["n"] == 3 and data["commit_s"]["last"] > 0
+    assert data["saves_waited"] == 1
+    assert main(["status", url]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("saves"))
+    assert "blocked 10 ms median (last 10 ms)" in line and "3 saves, 1 waited" in line

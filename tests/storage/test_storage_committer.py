@@ -29,10 +29,10 @@ class GatedStore(CheckpointStore):
         self.started = threading.Event()
         self.committed: list[int] = []
 
-    def commit(self, step: int, local_dir: Any, state: Any) -> Manifest:
+    def commit(self, step: int, local_dir: Any, state: Any, **kw: Any) -> Manifest:
         self.started.set()
         assert self.gate.wait(30)
-        m = super().commit(step, local_dir, state)
+        m = super().commit(step, local_dir, state, **kw)
         self.committed.append(step)
         return m
 

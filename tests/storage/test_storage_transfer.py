@@ -74,3 +74,50 @@ def test_get_files_deletes_what_it_wrote_on_failure(tmp_path: Path) -> None:
         _transfer(fs).get_files(str(tmp_path / "remote"), [*files, "nope"], tmp_path / "d", verify)
     assert missing == ["nope"]
     assert read_tree(tmp_path / "d") == {}
+
+
+def test_a_handed_over_local_dir_is_linked_and_its_hash_is_of_the_committed_bytes(
+    tmp_path: Path,
+) -> None:
+    from storage.checkpoints import CheckpointStore
+    from storage.manifest import sha256_file
+
+    store = CheckpointStore(str(tmp_path / "run"))
+    for step, consume in ((1, False), (2, True)):
+        src = tmp_path / f"src{step}"
+        make_checkpoint(src)
+        m = store.commit(step, src, {}, consume=consume)
+        for entry in m.files:
+            committed = tmp_path / "run" / "checkpoints" / f"{step:012d}" / m.prefix / entry.path
+            assert sha256_file(committed) == (entry.size, entry.sha256)
+            # a handed-over file is linked (same inode), a borrowed one copied
+            assert (committed.stat().st_ino == (src / entry.path).stat().st_ino) is consume
+        store.restore(tmp_path / f"out{step}", step=step)
+        assert read_tree(tmp_path / f"out{step}") == read_tree(src)
+
+
+def test_big_downloads_from_an_object_store_are_ranged_and_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_url: str, storage_options: dict
+) -> None:
+    import storage.transfer as transfer
+    from storage.checkpoints import CheckpointStore
+    from storage.errors import NoValidCheckpointError
+
+    if run_url.startswith("file:"):
+        pytest.skip("local files are copied, not ranged")
+    monkeypatch.setattr(transfer, "DEFAULT_RANGED_GET_MIN_BYTES", 1000)  # a shrunk setting
+    monkeypatch.setattr(transfer, "DEFAULT_RANGED_GET_PART_BYTES", 777)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.data").write_bytes(bytes(range(256)) * 40 + b"end")  # 14 parts
+    (src / "small.index").write_bytes(b"x" * 10)
+    store = CheckpointStore(run_url, storage_options)
+    m = store.commit(1, src, {})
+    store.restore(tmp_path / "out", step=1)
+    assert read_tree(tmp_path / "out") == read_tree(src)
+    # a longer remote file (same prefix) is not taken for the committed one
+    big = f"{store.loc.step_dir(1)}/{m.prefix}/big.data"
+    store.fs.pipe_file(big, (src / "big.data").read_bytes() + b"more")
+    store.fs.invalidate_cache()
+    with pytest.raises(NoValidCheckpointError):
+        store.restore(tmp_path / "out2", step=1)

@@ -1,0 +1,104 @@
+"""Snapshot saves (trainer/snapshot.py, trainer/saving.py): the bundle a snapshot writes is the
+one ``tf.train.Checkpoint.write`` writes; training runs on while an upload is slow; a crash
+mid-upload leaves the previous commit loadable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from storage.checkpoints import CheckpointStore
+from tests.trainer import slow_upload
+from trainer import snapshot
+from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, checkpoint_of, load_committed_model
+
+import tensorflow as tf  # isort: skip
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bundle(prefix: str) -> dict[str, tuple[object, object]]:
+    reader = tf.train.load_checkpoint(prefix)
+    dtypes = reader.get_variable_to_dtype_map()
+    return {k: (dtypes[k], reader.get_tensor(k)) for k in reader.get_variable_to_shape_map()}
+
+
+def test_snapshot_writes_what_checkpoint_write_writes(tmp_path: Path) -> None:
+    m = tf.keras.Sequential(
+        [
+            tf.keras.Input((6,)),
+            tf.keras.layers.Dense(8),
+            tf.keras.layers.BatchNormalization(),
+            tf.keras.layers.Dense(2),
+        ]
+    )
+    m.compile(tf.keras.optimizers.Adam(), loss="mse")
+    m.fit(np.ones((16, 6)), np.zeros((16, 2)), verbose=0)
+    ckpt = checkpoint_of(m)
+    ckpt.write(str(tmp_path / "ref" / CKPT_PREFIX))
+    rows = np.arange(6.0, dtype="float32").reshape(2, 3)
+    snap = snapshot.take(ckpt, 7, rows, keep=True)
+    assert snap is not None and snap.nbytes > rows.nbytes
+    before = [np.copy(v) for v in m.get_weights()]
+    m.fit(np.ones((16, 6)), np.ones((16, 2)), verbose=0)  # training changes the variables...
+    assert any(not np.array_equal(a, b) for a, b in zip(before, m.get_weights(), strict=True))
+    (tmp_path / "snap").mkdir()
+    snap.write(str(tmp_path / "snap"))  # ...not the snapshot
+    ref, got = (
+        _bundle(str(tmp_path / "ref" / CKPT_PREFIX)),
+        _bundle(str(tmp_path / "snap" / CKPT_PREFIX)),
+    )
+    assert sorted(ref) == sorted(got)
+    for key, (dtype, value) in ref.items():
+        assert got[key][0] == dtype, key
+        assert np.array_equal(got[key][1], value), key  # object graph included
+    ranks = _bundle(str(tmp_path / "snap" / RANKS_PREFIX))
+    assert np.array_equal(ranks["rank/1"][1], rows[1])
+    empty = snapshot.take(ckpt, 7, None, keep=False)  # a rank that only reads
+    assert empty is not None and not empty.values and empty.nbytes == 0
+
+
+def test_training_continues_while_an_upload_is_slow(tmp_path: Path) -> None:
+    canary = slow_upload.StepCanary()
+    held: list[bool] = []
+
+    def slow_put() -> None:  # released only once training ran ADVANCE steps meanwhile
+        canary.holding.set()
+        held.append(canary.advanced.wait(300))
+
+    _, backup = slow_upload.fit_with_held_put(tmp_path / "run", slow_put, canary)
+    assert held == [True]  # steps advanced while the put was held
+    assert canary.held_at is not None and canary.steps - canary.held_at >= slow_upload.ADVANCE
+    store = CheckpointStore(str(tmp_path / "run"))
+    assert store.committed_steps()[-1] == 80  # the final save, after the held upload
+    assert backup.stats.saves >= 2 and backup.stats.history_s
+
+
+def test_crash_mid_upload_leaves_the_previous_commit_loadable(tmp_path: Path) -> None:
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.trainer.slow_upload", str(tmp_path / "run"), str(flags)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    report = json.loads((flags / "held.json").read_text())
+    assert report["advanced"] and report["steps"] - report["held_at"] >= slow_upload.ADVANCE
+    store = CheckpointStore(str(tmp_path / "run"))
+    assert store.committed_steps() == [slow_upload.EVERY]  # the commit before the crash
+    manifest = store.restore(tmp_path / "out")  # checksums verified
+    assert manifest.step == slow_upload.EVERY
+    model, loaded = load_committed_model(
+        store, lambda _: slow_upload.model(), {}, seed=0, deterministic=False
+    )  # as `spotrain export` loads it: fingerprint checked, model and optimizer read
+    assert loaded.step == slow_upload.EVERY and int(model.optimizer.iterations) == slow_upload.EVERY
