@@ -226,8 +226,11 @@ class JobFields:
     def _entry_point(cls, value: Any, info: ValidationInfo) -> Any:
         if value is None:
             return value
-        if info.field_name in ("data", "val_data") and isinstance(value, Mapping):
-            return _file_source(value)
+        if info.field_name in ("data", "val_data"):
+            if isinstance(value, FileSource):  # re-validated (dataclasses.replace)
+                return value
+            if isinstance(value, Mapping):
+                return _file_source(value)
         if not isinstance(value, str):
             raise invalid(f"expected a string {ENTRY_POINT_FORMS}", value)
         try:

@@ -239,6 +239,7 @@ def test_the_job_spec_names_file_sources_and_their_errors_by_field() -> None:
     assert isinstance(spec.data, FileSource) and spec.data.columns == ("f0", "y")
     assert spec.to_dict()["data"]["storage_options"] == {"secret": "***"}  # masked in run.json
     assert spec.to_train_job().data == spec.data  # what the workers get
+    assert spec.with_overrides(epochs=2, workers=1).data == spec.data  # re-validated as is
     bad = {
         "data.label": {"parquet": "x", "features": ["f0"]},
         "data.parquet": {"parquet": "x", "tfrecord": "y", "features": ["f0"], "label": "y"},
