@@ -249,6 +249,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
             self._schedule.begin(self.global_step)
             if reason:  # nothing trained in this attempt yet: nothing to save
                 self.state.end_before_training(reason)
+                self.close(wait=True)  # fit calls no end hook after an error here
                 raise PreemptedError(self.global_step, reason)
         if self.options.async_upload and self.worker.is_chief and self.state.start_async_commits():
             # fit does not call back on an exception: finish a pending upload before the

@@ -62,7 +62,9 @@ def fault_costs(result: EmulationResult, events: list[Any]) -> list[FaultCost]:
 
 
 def _cost(injected: InjectedFault, result: EmulationResult, events: list[Any]) -> FaultCost:
-    after = [e for e in events if e.time >= injected.wall_time]
+    # by time, not the record's order: writers number their events independently, so a later
+    # writer's low sequence (an attempt_end) would come before an earlier one's failure
+    after = sorted((e for e in events if e.time >= injected.wall_time), key=lambda e: e.time)
     if injected.fault.kind is FaultKind.KILL_DRIVER:
         detected = next((e.time for e in after if e.kind == Kind.ATTEMPT_START), None)
     else:

@@ -104,3 +104,14 @@ def test_a_restart_is_warm_when_the_chief_imported_tensorflow_before_the_fault()
     ]
     [cost] = fault_costs(_result(kill), warm)
     assert render(_result(kill), [cost], {}).splitlines()[-1].endswith("yes")
+
+
+def test_detection_is_the_first_event_in_time_not_in_the_records_order():
+    kill = InjectedFault(Fault(FaultKind.KILL_WORKER, 5.0), 5.0, T0 + 5.0, "pid 7")
+    late_writer_first = [  # the record orders by (generation, sequence): this comes first
+        Event(seq=4, kind="attempt_end", time=T0 + 30.0, payload={}),
+        Event(seq=35, kind="failure", time=T0 + 5.5, payload={}),
+        Event(seq=37, kind="restore", time=T0 + 12.0, payload={"step": 10}),
+    ]
+    [cost] = fault_costs(_result(kill), late_writer_first)
+    assert (cost.detection_s, cost.restart_s) == (0.5, 6.5)
