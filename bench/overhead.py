@@ -85,6 +85,7 @@ def bench_worker(cfg: dict[str, Any]) -> None:
     y = rng.integers(0, CLASSES, EXAMPLES)
     n = cfg["save_every"]
     g = cfg["global_batch_size"]
+    spec = (tf.TensorSpec((FEATURES,), tf.float32), tf.TensorSpec((), tf.int64))
     inp = ResumableInput(tf.data.Dataset.from_tensor_slices((x, y)), EXAMPLES, g, 0, 10_000)
 
     class Timer(tf.keras.callbacks.Callback):
@@ -162,6 +163,7 @@ def bench_worker(cfg: dict[str, Any]) -> None:
                     keep_last=1,
                     preemption_poll_steps=0,
                     global_batch_size=g,
+                    element_spec=spec,  # fit's own is a PerReplicaSpec under the strategy
                 )
                 cbs.append(bar)
             elif v == "stock":

@@ -7,7 +7,8 @@ each storage call retried by the caller's retry function. On real local files (n
 copy and sha256 are one pass per file, and an upload that may consume its source (the caller
 hands the directory over) hard-links it when both sides share a filesystem, then hashes the
 linked file: the committed bytes themselves. Elsewhere the local side is hashed separately;
-a big download from an object store is split into parallel ranged GETs.
+a big download from an object store can be split into parallel ranged GETs
+(``SPOTRAIN_RANGED_GET_MIN_BYTES``, off by default).
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class FileTransfer:
         expected size (a big file from an object store is then fetched in parallel ranges)."""
         if self.local:
             return self.call(what, lambda: copy_and_hash(src, dst, self.hash_block_bytes))
-        if size is not None and size >= DEFAULT_RANGED_GET_MIN_BYTES and self.concurrency > 1:
+        ranged = DEFAULT_RANGED_GET_MIN_BYTES
+        if ranged and size is not None and size >= ranged and self.concurrency > 1:
             return self._get_ranged(src, dst, size, what)
         self.call(what, lambda: self.fs.get_file(src, str(dst)))
         return sha256_file(dst, self.hash_block_bytes)

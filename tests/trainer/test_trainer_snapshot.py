@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from storage.checkpoints import CheckpointStore
 from tests.trainer import slow_upload
@@ -79,6 +80,7 @@ def test_training_continues_while_an_upload_is_slow(tmp_path: Path) -> None:
     assert backup.stats.saves >= 2 and backup.stats.history_s
 
 
+@pytest.mark.slow  # a child process (TensorFlow start-up)
 def test_crash_mid_upload_leaves_the_previous_commit_loadable(tmp_path: Path) -> None:
     flags = tmp_path / "flags"
     flags.mkdir()
