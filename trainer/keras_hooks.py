@@ -16,7 +16,8 @@
    by ``DataHandler`` (``DatasetAdapter.should_recreate_iterator`` is False for it).
 4. ``Model.fit`` builds its ``data_handler`` before ``callbacks.on_train_begin()``: its
    adapter's dataset gives the input's element spec (:func:`fit_element_spec`), from which an
-   unbuilt model and its compiled metrics are built before the restore.
+   unbuilt model and its compiled metrics are built before the restore. A distributed
+   dataset's spec is one ``PerReplicaSpec`` per leaf (:func:`per_example_spec`).
 5. ``Model.fit`` assigns ``model._train_counter = 0`` before ``on_train_begin``; a restore
    there sets it to the saved count (TensorBoard's batch-summary step).
 
@@ -137,12 +138,18 @@ def fit_element_spec(depth: int = 2) -> Any:
     if spec is None:
         return None
 
-    def unbatch(s: Any) -> Any:
-        if isinstance(s, tf.TensorSpec) and s.shape.rank:
-            return tf.TensorSpec(s.shape[1:], s.dtype)
-        return s
+    return tf.nest.map_structure(per_example_spec, spec)
 
-    return tf.nest.map_structure(unbatch, spec)
+
+def per_example_spec(spec: Any) -> Any:
+    """One leaf of a batched element spec without its batch dimension. A distributed dataset
+    (``distribute_datasets_from_function`` under a strategy with several replicas) gives a
+    ``PerReplicaSpec`` per leaf: every replica's batch has the same spec, the first is used."""
+    if type(spec).__name__ == "PerReplicaSpec" and getattr(spec, "_component_specs", None):
+        spec = spec._component_specs[0]
+    if isinstance(spec, tf.TensorSpec) and spec.shape.rank:
+        return tf.TensorSpec(spec.shape[1:], spec.dtype)
+    return spec
 
 
 #: CallbackList hooks :func:`guard_hooks` wraps
