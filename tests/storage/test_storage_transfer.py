@@ -96,6 +96,7 @@ def test_a_handed_over_local_dir_is_linked_and_its_hash_is_of_the_committed_byte
         assert read_tree(tmp_path / f"out{step}") == read_tree(src)
 
 
+@pytest.mark.parametrize("backend", ["memory", "s3"])  # object stores: local files are copied
 def test_big_downloads_from_an_object_store_are_ranged_and_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_url: str, storage_options: dict
 ) -> None:
@@ -103,8 +104,6 @@ def test_big_downloads_from_an_object_store_are_ranged_and_checked(
     from storage.checkpoints import CheckpointStore
     from storage.errors import NoValidCheckpointError
 
-    if run_url.startswith("file:"):
-        pytest.skip("local files are copied, not ranged")
     monkeypatch.setattr(transfer, "DEFAULT_RANGED_GET_MIN_BYTES", 1000)  # a shrunk setting
     monkeypatch.setattr(transfer, "DEFAULT_RANGED_GET_PART_BYTES", 777)
     src = tmp_path / "src"
