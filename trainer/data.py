@@ -30,7 +30,7 @@ from typing import Any
 from trainer import env  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 from trainer.constants import DEFAULT_MATERIALIZE_BYTES, DEFAULT_SHUFFLE_BUFFER
 from trainer.errors import JobSpecError, UserCodeError
-from trainer.indexed_input import IndexedInput, no_autoshard
+from trainer.indexed_input import IndexedInput, check_replica_split, no_autoshard
 from trainer.input_store import InputStore, stable_key
 from trainer.sources import ArraySource, Source, arrays_of, check_element_spec, materialize
 from trainer.user_code import user_code
@@ -153,13 +153,7 @@ class ResumableInput:
         initial_step: int = 0,
     ) -> Any:
         """A distributed dataset: each replica gets its slice of every global batch."""
-        replicas = strategy.num_replicas_in_sync
-        if self.global_batch_size % replicas:
-            raise JobSpecError(
-                "global_batch_size",
-                self.global_batch_size,
-                f"must be divisible by the number of replicas ({replicas})",
-            )
+        check_replica_split(self.global_batch_size, strategy.num_replicas_in_sync)
 
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
             ds = self.global_batches(initial_epoch, initial_step)

@@ -122,12 +122,7 @@ class IndexedInput:
         initial_step: int = 0,
     ) -> tf.data.Dataset:
         """Per-replica batches of one input pipeline from (initial_epoch, initial_step)."""
-        if self.global_batch_size % replicas or replicas % pipelines:
-            raise JobSpecError(
-                "global_batch_size",
-                self.global_batch_size,
-                f"must be divisible by the number of replicas ({replicas})",
-            )
+        check_replica_split(self.global_batch_size, replicas, pipelines)
         per_replica = self.global_batch_size // replicas
         per_pipeline = self.global_batch_size // pipelines
         source = self.source
@@ -163,13 +158,7 @@ class IndexedInput:
         initial_step: int = 0,
     ) -> Any:
         """A distributed dataset: each input pipeline reads only its slice of every batch."""
-        replicas = strategy.num_replicas_in_sync
-        if self.global_batch_size % replicas:
-            raise JobSpecError(
-                "global_batch_size",
-                self.global_batch_size,
-                f"must be divisible by the number of replicas ({replicas})",
-            )
+        check_replica_split(self.global_batch_size, strategy.num_replicas_in_sync)
         self.element_spec  # noqa: B018  (the map's first run: its errors before training)
 
         def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -183,6 +172,16 @@ class IndexedInput:
             return ds.with_options(no_autoshard()).prefetch(2)
 
         return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def check_replica_split(global_batch_size: int, replicas: int, pipelines: int = 1) -> None:
+    """A global batch splits evenly over the replicas (and the replicas over the pipelines)."""
+    if global_batch_size % replicas or replicas % pipelines:
+        raise JobSpecError(
+            "global_batch_size",
+            global_batch_size,
+            f"must be divisible by the number of replicas ({replicas})",
+        )
 
 
 def no_autoshard() -> tf.data.Options:

@@ -61,25 +61,24 @@ def changed(problems: list[str]) -> RayInternalsChanged:
     )
 
 
-def _get_train_fn_utils() -> Callable[[], Any]:
+def _no_arg_getter(module_name: str, name: str) -> tuple[Any, Callable[[], Any]]:
+    """``module_name.name``, a function that takes no arguments, and its module."""
     try:
-        module = importlib.import_module(TRAIN_FN_UTILS_MODULE)
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise changed([f"{TRAIN_FN_UTILS_MODULE} is gone ({exc})"]) from None
-    get = getattr(module, "get_train_fn_utils", None)
+        raise changed([f"{module_name} is gone ({exc})"]) from None
+    get = getattr(module, name, None)
     if get is None or inspect.signature(get).parameters:
-        raise changed([f"{TRAIN_FN_UTILS_MODULE}.get_train_fn_utils() is gone or takes arguments"])
-    return get
+        raise changed([f"{module_name}.{name}() is gone or takes arguments"])
+    return module, get
+
+
+def _get_train_fn_utils() -> Callable[[], Any]:
+    return _no_arg_getter(TRAIN_FN_UTILS_MODULE, "get_train_fn_utils")[1]
 
 
 def _get_train_context() -> Callable[[], Any]:
-    try:
-        module = importlib.import_module(TRAIN_CONTEXT_MODULE)
-    except ImportError as exc:
-        raise changed([f"{TRAIN_CONTEXT_MODULE} is gone ({exc})"]) from None
-    get = getattr(module, "get_train_context", None)
-    if get is None or inspect.signature(get).parameters:
-        raise changed([f"{TRAIN_CONTEXT_MODULE}.get_train_context() is gone or takes arguments"])
+    module, get = _no_arg_getter(TRAIN_CONTEXT_MODULE, "get_train_context")
     fields = getattr(getattr(module, "TrainContext", None), "__dataclass_fields__", {})
     if "preemption_context" not in fields:
         raise changed([f"{TRAIN_CONTEXT_MODULE}.TrainContext has no preemption_context"])
