@@ -19,6 +19,11 @@
    alive that long even above ``num_workers_soft_limit``. Ray uses it inside its core worker;
    Python has no public call for it. :func:`prestart_workers` (seen on Ray 2.60: a new actor in
    that runtime env took such a worker, started seconds before, instead of a new process).
+4. The GCS key-value store (``ray.experimental.internal_kv``: ``_internal_kv_put``,
+   ``_internal_kv_list``, ``_internal_kv_get``, with a ``namespace``): each training worker
+   publishes its job id and runtime env string under its node id
+   (:func:`publish_worker_env`), so the driver can ask raylets of nodes without a training
+   worker (one that just joined) for spares in the same env (:func:`published_worker_envs`).
 
 :func:`check_hooks` verifies it at run time and raises :class:`RayInternalsChanged` if Ray
 changed (a worker that took itself for a single local worker would train alone, silently);
@@ -30,7 +35,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from storage.errors import SpotrainError
@@ -95,23 +102,77 @@ def _prestart_request_type() -> Any:
     return request
 
 
+def _internal_kv() -> Any:
+    try:
+        from ray.experimental import internal_kv
+    except ImportError as exc:
+        raise changed([f"ray.experimental.internal_kv is gone ({exc})"]) from None
+    missing = [
+        f"ray.experimental.internal_kv.{name}"
+        for name in ("_internal_kv_put", "_internal_kv_list", "_internal_kv_get")
+        if not callable(getattr(internal_kv, name, None))
+    ]
+    if missing:
+        raise changed([f"{name} is gone" for name in missing])
+    return internal_kv
+
+
 def check_hooks() -> None:
     """Raise :class:`RayInternalsChanged` if one of the trainer's private Ray hooks changed."""
     _get_train_fn_utils()
     _get_train_context()
     _prestart_request_type()
+    _internal_kv()
 
 
-def prestart_workers(count: int, keep_alive_s: float, node_id: str | None = None) -> None:
+#: The GCS key-value namespace of the training workers' published envs (item 4).
+WORKER_ENV_NAMESPACE = "spotrain-worker-env"
+
+
+@dataclass(frozen=True)
+class WorkerEnv:
+    """The job and runtime env a spare must have for a training worker to take it."""
+
+    job_id: str  # hex
+    runtime_env: str  # the serialized runtime env, exactly as the worker's own
+
+
+def publish_worker_env() -> None:
+    """Record this worker's :class:`WorkerEnv` under its node id (item 4)."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    value = json.dumps({"job_id": ctx.get_job_id(), "runtime_env": ctx.get_runtime_env_string()})
+    key = f"{ctx.get_job_id()}/{ctx.get_node_id()}"
+    _internal_kv()._internal_kv_put(key, value, overwrite=True, namespace=WORKER_ENV_NAMESPACE)
+
+
+def published_worker_envs(job_id: str) -> dict[str, WorkerEnv]:
+    """Node id -> the :class:`WorkerEnv` a training worker of job ``job_id`` published there."""
+    kv = _internal_kv()
+    found: dict[str, WorkerEnv] = {}
+    for key in kv._internal_kv_list(f"{job_id}/", namespace=WORKER_ENV_NAMESPACE):
+        raw = kv._internal_kv_get(key, namespace=WORKER_ENV_NAMESPACE)
+        if raw:
+            node_id = key.decode().split("/", 1)[1]
+            found[node_id] = WorkerEnv(**json.loads(raw))
+    return found
+
+
+def prestart_workers(
+    count: int, keep_alive_s: float, node_id: str | None = None, env: WorkerEnv | None = None
+) -> None:
     """Ask the raylet of ``node_id`` (default: this worker's node) to start ``count`` idle Python
-    workers in this process's job and runtime env, kept alive ``keep_alive_s`` while idle.
-    Raises on an RPC error (the caller decides whether that matters)."""
+    workers in ``env`` (default: this process's job and runtime env), kept alive
+    ``keep_alive_s`` while idle. Raises on an RPC error (the caller decides whether that
+    matters)."""
     import grpc
     import ray
     from ray.core.generated import common_pb2, node_manager_pb2_grpc, runtime_environment_pb2
 
     request_type = _prestart_request_type()
     ctx = ray.get_runtime_context()
+    env = env or WorkerEnv(ctx.get_job_id(), ctx.get_runtime_env_string())
     wanted = node_id or ctx.get_node_id()
     node = next((n for n in ray.nodes() if n["NodeID"] == wanted and n["Alive"]), None)
     if node is None:
@@ -119,10 +180,8 @@ def prestart_workers(count: int, keep_alive_s: float, node_id: str | None = None
     protos: Any = (common_pb2, runtime_environment_pb2)  # generated; no stubs for mypy
     request = request_type(
         language=protos[0].PYTHON,
-        job_id=bytes.fromhex(ctx.get_job_id()),
-        runtime_env_info=protos[1].RuntimeEnvInfo(
-            serialized_runtime_env=ctx.get_runtime_env_string()
-        ),
+        job_id=bytes.fromhex(env.job_id),
+        runtime_env_info=protos[1].RuntimeEnvInfo(serialized_runtime_env=env.runtime_env),
         keep_alive_duration_secs=int(keep_alive_s),
         num_workers=count,
     )

@@ -9,6 +9,11 @@ spares' own start-up does not compete with this attempt's restart. Seen on a loa
 machine: a spare took ~35 s to import TensorFlow, so a fault soon after an attempt started may
 find its spare still importing (it is taken anyway, and finishes its import first). Without Ray,
 or when the raylet refuses, training goes on with cold restarts.
+
+Each worker also publishes its job and runtime env (:func:`trainer.ray_internals.publish_worker_env`):
+the driver (:mod:`cluster.ray.node_spares`) then starts spares on nodes that have no training
+worker, such as a node that joins when another is drained or lost, where the restarted group
+lands.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ logger = logging.getLogger(__name__)
 
 
 def request_spares(worker: WorkerContext, count: int, keep_alive_s: float) -> bool:
-    """Ask this worker's raylet for ``count`` spares; False (logged) when it could not."""
-    from trainer.ray_internals import prestart_workers
+    """Ask this worker's raylet for ``count`` spares and publish this worker's env for the
+    driver; False (logged) when either could not be done."""
+    from trainer.ray_internals import prestart_workers, publish_worker_env
 
     try:
         prestart_workers(count, keep_alive_s)
+        logger.info("[rank=%d] asked for %d warm spare worker(s)", worker.rank, count)
+        publish_worker_env()
     except Exception as exc:  # thread boundary: without spares restarts are only slower
         logger.warning("[rank=%d] could not start warm spare workers: %s", worker.rank, exc)
         return False
-    logger.info("[rank=%d] asked for %d warm spare worker(s)", worker.rank, count)
     return True
 
 

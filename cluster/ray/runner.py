@@ -41,6 +41,7 @@ from cluster import constants
 from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from cluster.failure_policy import options_from_spec
+from cluster.ray.node_spares import NodeSpares
 from trainer.warm import PRELOAD_MODULES, TRAIN_WORKER_ENV
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class RayAttemptRunner:
         self.poll_s = poll_s
         self.embedded = False
         self._started_ray = False
+        self._node_spares: NodeSpares | None = None
 
     # -- Ray session -------------------------------------------------------------------------
     def ensure_ray(self, ctx: AttemptContext) -> None:
@@ -142,7 +144,19 @@ class RayAttemptRunner:
             )
             self.embedded = True
 
+    def start_node_spares(self) -> None:
+        """Warm spares on nodes without a training worker (:mod:`cluster.ray.node_spares`),
+        watched from the first attempt until :meth:`close`."""
+        if self._node_spares is None:
+            from trainer.constants import DEFAULT_SPARE_KEEP_ALIVE_S, DEFAULT_WARM_SPARES
+
+            self._node_spares = NodeSpares(DEFAULT_WARM_SPARES, DEFAULT_SPARE_KEEP_ALIVE_S)
+            self._node_spares.start()
+
     def close(self) -> None:
+        if self._node_spares is not None:
+            self._node_spares.stop()
+            self._node_spares = None
         if self._started_ray:
             import ray
 
@@ -228,6 +242,7 @@ class RayAttemptRunner:
 
     def run(self, ctx: AttemptContext) -> AttemptResult:
         self.ensure_ray(ctx)
+        self.start_node_spares()
         trainer = self.build_trainer(ctx)
         box: dict[str, Any] = {}
 

@@ -13,8 +13,10 @@ import time
 
 import pytest
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.chaos.emulated_cluster import EmulatedCluster
+from cluster.ray.node_spares import NodeSpares
 from trainer.warm import MARKER_DIR_ENV, TRAIN_WORKER_ENV
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -42,6 +44,11 @@ class Probe:
         from trainer.ray_internals import prestart_workers
 
         prestart_workers(1, keep_alive_s=300)
+
+    def publish_env(self) -> None:
+        from trainer.ray_internals import publish_worker_env
+
+        publish_worker_env()
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +89,42 @@ def test_a_spare_in_the_runtime_env_serves_the_next_actor_warm(cluster, tmp_path
     assert info["pid"] == spare["pid"], "the next actor did not take the spare"
     assert info["warm_at"] is not None and info["warm_at"] < killed_at, info
     ray.kill(second)
+
+
+def _spares(marker_dir, known_pids):
+    return [
+        json.loads(p.read_text()) for p in marker_dir.glob("*.json") if p.stem not in known_pids
+    ]
+
+
+def test_the_driver_gives_a_joining_node_a_spare_that_a_worker_there_takes_warm(cluster, tmp_path):
+    """A node that joins has no training worker to ask for spares: the driver's NodeSpares asks
+    its raylet, in the env a worker published, and the next actor placed there takes it. (Runs
+    last in this module: it adds a node to the shared cluster.)"""
+    env = {"env_vars": {**TRAIN_ENV["env_vars"], MARKER_DIR_ENV: str(tmp_path)}}
+    worker = Probe.options(runtime_env=env).remote()
+    first = ray.get(worker.info.remote(), timeout=PRELOAD_TIMEOUT_S)
+    watcher = NodeSpares(count=1, keep_alive_s=300)
+    assert watcher.poll() == [], "nothing is asked for before a worker published its env"
+    ray.get(worker.publish_env.remote(), timeout=60)
+    assert watcher.poll() == [], "the worker's own node is its own to cover"
+
+    joined = cluster.add_node()
+    assert watcher.poll() == [joined]
+    assert watcher.poll() == [], "a node is asked once"
+    deadline = time.monotonic() + PRELOAD_TIMEOUT_S
+    known = {str(first["pid"])}
+    while not _spares(tmp_path, known):
+        assert time.monotonic() < deadline, "the joined node's spare never finished its preload"
+        time.sleep(0.2)
+    [spare] = _spares(tmp_path, known)
+    placed_at = time.time()
+    there = Probe.options(
+        runtime_env=env, scheduling_strategy=NodeAffinitySchedulingStrategy(joined, soft=False)
+    ).remote()
+    info = ray.get(there.info.remote(), timeout=PRELOAD_TIMEOUT_S)
+    assert info["node"] == joined
+    assert info["pid"] == spare["pid"], "the actor on the joined node did not take the spare"
+    assert info["warm_at"] is not None and info["warm_at"] < placed_at, info
+    ray.kill(there)
+    ray.kill(worker)
