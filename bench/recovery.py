@@ -7,7 +7,10 @@ training of bench/recovery-job.yaml: the digits MLP, 2 workers) and reads its JS
    (Ray tears the worker group down, places and starts a new one: Python, Ray and TensorFlow
    imports), strategy (collective set-up: it waits for the slowest worker to start), build
    (model, input, optimizer slots) and restore, and steps lost. Beside restore: the time to read one committed checkpoint's bytes straight
-   from the same storage, the floor a restore cannot beat.
+   from the same storage, the floor a restore cannot beat. ``drain-node`` and ``kill-node`` add
+   the replacement node at the fault (it starts cold: its processes import TensorFlow after it
+   joins); their ``-standby`` variants add it 10 s before the fault, when the driver asks it
+   for a warm spare (:mod:`cluster.ray.node_spares`).
 2. goodput with a noticed preemption (drain-node) every T seconds: the training time of an
    uninterrupted run of the same job, measured in this run, divided by the training time under
    preemptions, with the lost time broken down. Both clocks start when the training workers are
@@ -51,12 +54,20 @@ JOB = "bench/recovery-job.yaml"
 RUN_NAME = "recovery-bench"
 DRAIN_DEADLINE_S = 8
 FAULT_AT_S = 15  # after the first steps are traced and the first checkpoints committed
+STANDBY_AT_S = 5  # a standby node joins this long after the workers are up
 FAULTS = {
     "kill-worker": f"kill-worker@{FAULT_AT_S}s",
     "drain-node": f"drain-node@{FAULT_AT_S}s:deadline={DRAIN_DEADLINE_S},add-node@{FAULT_AT_S}s",
     "kill-node": f"kill-node@{FAULT_AT_S}s,add-node@{FAULT_AT_S}s",
     "kill-driver": f"kill-driver@{FAULT_AT_S}s",
+    # the replacement capacity joined before the fault (a standby node): the driver asks it for
+    # a warm spare when it joins, so the restarted group starts warm on both nodes
+    "drain-node-standby": f"add-node@{STANDBY_AT_S}s,"
+    f"drain-node@{FAULT_AT_S}s:deadline={DRAIN_DEADLINE_S}",
+    "kill-node-standby": f"add-node@{STANDBY_AT_S}s,kill-node@{FAULT_AT_S}s",
 }
+#: The fault each kind's figures are about (its name up to "-standby").
+FAULT_OF = {kind: kind.removesuffix("-standby") for kind in FAULTS}
 PHASES = ("detection_s", "process_s", "strategy_s", "build_s", "restore_s")
 #: Targets (seconds of recovery per fault, goodput per period, cold start).
 TARGETS = {"kill-worker": 5.0, "drain-node": 6.0, "kill-node": 8.0, "kill-driver": 20.0}
@@ -147,7 +158,7 @@ def fault_table(
         for i in range(repeats):
             workdir = base / f"{kind}-{i}"
             report = emulate(chaos, epochs, workdir)
-            picked = [c for c in report["costs"] if c["fault"].startswith(kind)]
+            picked = [c for c in report["costs"] if c["fault"].startswith(FAULT_OF[kind])]
             print(f"    {kind} #{i + 1}: {json.dumps(picked)}", file=sys.stderr)
             costs += picked
             reads.append(checkpoint_read_s(workdir))
@@ -155,7 +166,7 @@ def fault_table(
         for key in (*PHASES, "restart_s", "recovery_s", "steps_lost"):
             row[key] = _median([c[key] for c in costs])
         row["checkpoint_read_s"] = _median(reads)
-        row["target_s"] = TARGETS[kind]
+        row["target_s"] = TARGETS[FAULT_OF[kind]]
         rows.append(row)
     return rows
 

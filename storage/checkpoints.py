@@ -323,6 +323,15 @@ class CheckpointStore:
             tried,
         )
 
+    def fetch(self, step: int, dest_dir: str | os.PathLike[str]) -> Manifest:
+        """Download and verify exactly ``step`` into ``dest_dir``: no fallback and no event
+        (a corrupt step raises ``CorruptCheckpointError``, a missing one ``FileNotFoundError``;
+        :meth:`restore` is the call that falls back and records it)."""
+        validate_step(step)
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        return self._restore_step(step, dest)
+
     def _restore_step(self, step: int, dest: Path) -> Manifest:
         t0 = time.monotonic()
         manifest = self.manifest(step)

@@ -32,12 +32,16 @@ class WorkerContext:
     ray: bool = False
     attempt: int = 0
     #: Unix times this worker reached each start-up phase (``entered``: the train function
-    #: began; ``tf_ready``: the strategy's collectives are set up). The
+    #: began; ``tf_ready``: the strategy's collectives are set up; ``prefetched``: the restore
+    #: prefetch's download ended, when the restore used it). The
     #: restore event carries them, so a recovery can be split into its parts.
     phase_times: dict[str, float] = field(default_factory=dict)
     #: The :class:`trainer.notice_watcher.NoticeWatcher` started when the worker started (so a
     #: notice during start-up is seen at once), or None; ``BackupAndRestore`` uses it.
     notice_watcher: Any = None
+    #: The :class:`trainer.restore_prefetch.RestorePrefetch` the worker began before its
+    #: strategy, or None; the restore takes its download when it holds the agreed step.
+    restore_prefetch: Any = None
 
     @classmethod
     def detect(cls) -> WorkerContext:

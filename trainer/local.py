@@ -16,6 +16,7 @@ from trainer import env  # noqa: F401
 from trainer.cluster_context import WorkerContext
 from trainer.errors import PreemptedError, TrainerError, UserCodeError
 from trainer.job import TrainJob
+from trainer.restore_prefetch import start_restore_prefetch
 from trainer.training import TrainResult, train
 
 EXIT_OK, EXIT_FAILED, EXIT_USER, EXIT_PREEMPTED = 0, 1, 3, 75
@@ -29,17 +30,25 @@ def run_local(
     backup_overrides: dict[str, Any] | None = None,
     verbose: int = 0,
 ) -> TrainResult:
-    """One attempt of ``job`` as rank 0 of 1 in this process (default TF strategy)."""
+    """One attempt of ``job`` as rank 0 of 1 in this process (default TF strategy). Without a
+    ``store``, the newest checkpoint downloads while the model is built."""
     if not isinstance(job, TrainJob):
         job = TrainJob.from_dict(job)
-    return train(
-        job,
-        WorkerContext(),
-        extra_callbacks=extra_callbacks,
-        store=store,
-        backup_overrides=backup_overrides,
-        verbose=verbose,
-    )
+    worker = WorkerContext()
+    if store is None:
+        worker.restore_prefetch = start_restore_prefetch(job)
+    try:
+        return train(
+            job,
+            worker,
+            extra_callbacks=extra_callbacks,
+            store=store,
+            backup_overrides=backup_overrides,
+            verbose=verbose,
+        )
+    finally:  # the restore closes it; an attempt that failed before its restore did not
+        if worker.restore_prefetch is not None:
+            worker.restore_prefetch.close()
 
 
 def main(argv: list[str] | None = None) -> int:

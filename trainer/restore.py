@@ -1,7 +1,8 @@
 """The restore protocol: every rank restores the same committed step, then the ranks agree.
 
 Rank 0 picks the newest valid committed step (the store falls back past corrupt ones) and
-broadcasts it; every other rank downloads that same step. Before any variable is touched the
+broadcasts it; every other rank downloads that same step (or takes it from the download a
+restarted worker began while its group formed, :mod:`trainer.restore_prefetch`). Before any variable is touched the
 saved model fingerprint and global batch size are checked against the current ones. Every rank
 reads the model checkpoint and its own row of per-rank (ON_READ) variables; on a world-size
 change metric partial sums go to rank 0 (the sample order is unchanged). Last, the ranks
@@ -24,6 +25,7 @@ from trainer import state as st
 from trainer.cluster_context import WorkerContext
 from trainer.errors import JobSpecError, ModelMismatchError, ReplicaDivergenceError
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, ModelParts
+from trainer.restore_prefetch import RestorePrefetch
 
 import tensorflow as tf  # isort: skip
 
@@ -48,25 +50,38 @@ def restore_committed(
     tmp = tempfile.mkdtemp(prefix="spotrain-restore-", dir=local_tmp_dir or None)
     row = None
     try:
-        state = download_agreed(store, worker, tmp)
+        state, where = download_agreed(store, worker, tmp)
         if state is not None:
             check_compatible(store.url, state, parts.fingerprint, global_batch_size)
-            row = read_checkpoint(tmp, state, parts, worker, log_prefix)
+            row = read_checkpoint(where, state, parts, worker, log_prefix)
         check_replicas_agree(model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if worker.restore_prefetch is not None:
+            worker.restore_prefetch.close()
+            worker.restore_prefetch = None
     return state, row
 
 
 def download_agreed(
     store: CheckpointStore, worker: WorkerContext, tmp: str
-) -> dict[str, Any] | None:
-    """Rank 0 chooses (and verifies) the step; the others download that same step."""
+) -> tuple[dict[str, Any] | None, str]:
+    """Rank 0 chooses (and verifies) the step; the others download that same step. Returns
+    the saved state and the directory holding the step's files: ``tmp``, or the worker's
+    :class:`trainer.restore_prefetch.RestorePrefetch` directory when it holds the agreed step."""
     choice: dict[str, Any] = {"step": None}
     state = None
+    where = tmp
+    prefetch = worker.restore_prefetch if _same_run(worker, store) else None
     if worker.is_chief:
         try:
-            manifest = store.restore(tmp)
+            manifest = _newest_prefetched(store, prefetch)
+            if manifest is not None:
+                assert prefetch is not None and prefetch.finished_at is not None
+                where = prefetch.dir
+                worker.phase_times["prefetched"] = prefetch.finished_at
+            else:
+                manifest = store.restore(tmp)
             choice["step"] = manifest.step
             state = dict(manifest.state)
         except NoValidCheckpointError as exc:
@@ -81,9 +96,14 @@ def download_agreed(
             raise TransientStorageError(choice["error"], store.url)
         raise NoValidCheckpointError(choice["error"], store.url)
     if choice["step"] is None:
-        return None
+        return None, tmp
     if not worker.is_chief:
-        manifest = store.restore(tmp, step=choice["step"])
+        taken = prefetch.take(choice["step"]) if prefetch is not None else None
+        if taken is not None:
+            assert prefetch is not None and prefetch.manifest is not None
+            where, manifest = taken, prefetch.manifest
+        else:
+            manifest = store.restore(tmp, step=choice["step"])
         if manifest.step != choice["step"]:
             raise NoValidCheckpointError(
                 f"rank {worker.rank} could not read step {choice['step']} that rank 0 "
@@ -92,7 +112,27 @@ def download_agreed(
                 store.url,
             )
         state = dict(manifest.state)
-    return state
+    return state, where
+
+
+def _same_run(worker: WorkerContext, store: CheckpointStore) -> bool:
+    prefetch = worker.restore_prefetch
+    return prefetch is not None and prefetch.url == store.url
+
+
+def _newest_prefetched(store: CheckpointStore, prefetch: RestorePrefetch | None) -> Any:
+    """The prefetched manifest when it is still the newest committed step (same digest: not
+    committed again since), else None (the chief then restores as before)."""
+    if prefetch is None or prefetch.step() is None:
+        return None
+    steps = store.committed_steps()
+    if not steps or steps[-1] != prefetch.step():
+        return None
+    try:
+        digest = store.manifest(steps[-1]).digest
+    except Exception:  # unreadable now: the restore's own path decides (and falls back)
+        return None
+    return prefetch.manifest if prefetch.take(steps[-1], digest) is not None else None
 
 
 def check_compatible(

@@ -15,6 +15,7 @@ from trainer import env
 from trainer.cluster_context import WorkerContext
 from trainer.job import TrainJob
 from trainer.notice_watcher import NoticeWatcher
+from trainer.restore_prefetch import start_restore_prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     job = TrainJob.from_dict(config)
     worker = WorkerContext.detect()
+    # the newest checkpoint downloads while the collectives form and the model is built
+    worker.restore_prefetch = start_restore_prefetch(job)
     # seen from now on; the ranks act on it before their first step (nothing to save then)
     with NoticeWatcher(worker) as worker.notice_watcher:
         strategy = make_strategy(job, worker)  # first TF call: collectives configured at startup
@@ -46,7 +49,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         logger.info(
             "[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size
         )
-        result = train(job, worker, strategy, extra_callbacks=[WarmSpares(worker)])
+        try:
+            result = train(job, worker, strategy, extra_callbacks=[WarmSpares(worker)])
+        finally:  # the restore closes it; an attempt that ended before its restore did not
+            if worker.restore_prefetch is not None:
+                worker.restore_prefetch.close()
     worker.report(
         {
             "loss": float(result.history.get("loss", [float("nan")])[-1])
