@@ -155,6 +155,7 @@ def train(
     assert build_model is not None and (make_dataset is not None or job.data is not None)
     with strategy.scope(), user_code("build_model"):
         model = build_model(dict(job.config))
+    worker.phase_times["model_built"] = time.time()
     if not isinstance(model, tf.keras.Model):
         raise UserCodeError("build_model", f"must return a tf.keras.Model, got {type(model)}")
     if not getattr(model, "_is_compiled", False):
@@ -177,6 +178,7 @@ def train(
         inp = build_input(make_dataset, ctx, job.epochs, job.shuffle_buffer, inputs)
     else:
         inp = None
+    worker.phase_times["input_ready"] = time.time()
     overrides = dict(backup_overrides or {})
     options = BackupOptions(
         storage_options=job.storage_options,

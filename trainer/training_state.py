@@ -162,6 +162,7 @@ class WorkerTrainingState:
         self._model = model
         spec = self.options.element_spec if element_spec is None else element_spec
         self._parts = prepare_model(model, spec)
+        self.worker.phase_times["model_prepared"] = time.time()
         started = time.perf_counter()
         started_at = time.time()
         state, self._rank_row = restore_committed(
