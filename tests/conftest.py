@@ -72,3 +72,14 @@ def run_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str
         return f"memory://spotrain-tests/{unique}/run"
     server: SeaweedServer = request.getfixturevalue("seaweed")
     return f"s3://{server.bucket}/{unique}/run"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_left_connected() -> Iterator[None]:
+    """A module that leaves this process connected to a Ray makes the next module's
+    ``ray.init`` fail ("called ray.init twice"): it errors here, at its own teardown."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("this test module left the test process connected to Ray", pytrace=False)

@@ -19,6 +19,10 @@
    alive that long even above ``num_workers_soft_limit``. Ray uses it inside its core worker;
    Python has no public call for it. :func:`prestart_workers` (seen on Ray 2.60: a new actor in
    that runtime env took such a worker, started seconds before, instead of a new process).
+   The channel comes from ``ray._private.grpc_utils.init_grpc_channel(address)``, which adds
+   the cluster's auth token (Ray 2.60 turns token auth on by default for a local cluster; a
+   plain channel gets ``UNAUTHENTICATED``) and TLS where ``RAY_USE_TLS`` is set, as Ray's own
+   clients do.
 4. The GCS key-value store (``ray.experimental.internal_kv``: ``_internal_kv_put``,
    ``_internal_kv_list``, ``_internal_kv_get``, with a ``namespace``): each training worker
    publishes its job id and runtime env string under its node id
@@ -102,6 +106,14 @@ def _prestart_request_type() -> Any:
     return request
 
 
+def _grpc_channel() -> Callable[[str], Any]:
+    try:
+        from ray._private.grpc_utils import init_grpc_channel
+    except ImportError as exc:
+        raise changed([f"ray._private.grpc_utils.init_grpc_channel is gone ({exc})"]) from None
+    return init_grpc_channel
+
+
 def _internal_kv() -> Any:
     try:
         from ray.experimental import internal_kv
@@ -122,6 +134,7 @@ def check_hooks() -> None:
     _get_train_fn_utils()
     _get_train_context()
     _prestart_request_type()
+    _grpc_channel()
     _internal_kv()
 
 
@@ -166,7 +179,6 @@ def prestart_workers(
     workers in ``env`` (default: this process's job and runtime env), kept alive
     ``keep_alive_s`` while idle. Raises on an RPC error (the caller decides whether that
     matters)."""
-    import grpc
     import ray
     from ray.core.generated import common_pb2, node_manager_pb2_grpc, runtime_environment_pb2
 
@@ -186,7 +198,7 @@ def prestart_workers(
         num_workers=count,
     )
     address = f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}"
-    with grpc.insecure_channel(address) as channel:
+    with _grpc_channel()(address) as channel:
         node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(request, timeout=10)
 
 

@@ -53,12 +53,24 @@ class Probe:
 
 @pytest.fixture(scope="module")
 def cluster():
-    with EmulatedCluster(nodes=1) as emulated:
-        ray.init(address=emulated.address, logging_level="WARNING")
+    """A 1-node cluster with token auth on, as Ray 2.60 starts a local cluster by default: the
+    spare requests (a direct gRPC call to the raylet) must carry the token (seen: a plain
+    channel got UNAUTHENTICATED, and every restart was cold)."""
+    from ray._raylet import Config  # Ray caches RAY_AUTH_MODE; it re-reads it the same way
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_AUTH_MODE", "token")
+        Config.initialize("")
         try:
-            yield emulated
+            with EmulatedCluster(nodes=1) as emulated:
+                ray.init(address=emulated.address, logging_level="WARNING")
+                try:
+                    yield emulated
+                finally:
+                    ray.shutdown()
         finally:
-            ray.shutdown()
+            env.undo()
+            Config.initialize("")
 
 
 def test_only_training_workers_import_tensorflow_at_preload(cluster):
