@@ -2,7 +2,7 @@
 
 Cold start: launch -> first training step of a fresh ``spotrain run`` (embedded Ray) of
 bench/cold-start-job.yaml (its commit of step 1, read from the run record), with its phases
-(launch -> lease taken, lease -> attempt start (the driver's TensorFlow import), attempt start
+(launch -> lease taken, lease -> attempt start, attempt start
 -> first step (Ray, its Train controller, the workers)); beside it the anchor's launch -> ``fit``
 start and -> first step (bench/anchor_keras.py, Ray's own TensorflowTrainer), run alternately.
 

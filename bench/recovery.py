@@ -294,8 +294,8 @@ def print_fault_table(
 def print_cold_start(row: dict[str, Any], repeats: int) -> None:
     print(f"\ncold start, launch -> first training step (median of {repeats}, alternating)")
     print(
-        f"spotrain run: {row['first_step_s']:.1f}s (lease {row['lease_s']:.1f}s, driver "
-        f"TensorFlow import {row['driver_s']:.1f}s, Ray + Train controller + workers to the "
+        f"spotrain run: {row['first_step_s']:.1f}s (lease {row['lease_s']:.1f}s, lease -> "
+        f"attempt start {row['driver_s']:.1f}s, Ray + Train controller + workers to the "
         f"first step {row['ray_and_workers_s']:.1f}s; {row['attempts']:g} attempt(s)); target <= "
         f"{COLD_START_TARGET_S:g}s"
     )

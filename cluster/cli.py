@@ -178,13 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return ExitCode.HELD
 
-    from trainer.env import import_tensorflow
-
-    try:  # here, quietly: Ray Train imports TensorFlow in the driver too
-        import_tensorflow(quiet=not args.verbose)
-    except BaseException:
-        coord.close()
-        raise
+    # The driver never imports TensorFlow (cluster/ray/tf_backend.py): its workers do.
     previous_handlers = {}
 
     def on_signal(signum: int, frame: Any) -> None:

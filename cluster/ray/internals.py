@@ -12,8 +12,11 @@
    ``DRAIN_NODE_REASON_PREEMPTION``: what ``ray drain-node`` does, as a function
    (:func:`drain_node`). The driver drains its own node on SIGTERM; ``spotrain emulate``
    drains emulated nodes.
+4. ``ray.train.v2._internal.util.TrainingFramework.TENSORFLOW``: the framework tag a backend
+   config reports (Train's run state shows it); :func:`tensorflow_framework`, None where it
+   is gone (the tag is informational).
 
-:func:`check_hooks` verifies all three at run time and raises :class:`RayInternalsChanged`
+:func:`check_hooks` verifies the first three at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
 Ray. No other module of ``cluster/`` touches Ray's private APIs (the trainer's one private Ray
 hook is in ``trainer/ray_internals.py``, which defines the shared error type).
@@ -41,6 +44,7 @@ __all__ = [
     "check_hooks",
     "drain_node",
     "install_failure_policy",
+    "tensorflow_framework",
 ]
 
 
@@ -94,6 +98,15 @@ def check_hooks() -> None:
     _checked = True
 
 
+def tensorflow_framework() -> Any:
+    """Train's ``TrainingFramework.TENSORFLOW`` tag, or None in a Ray without it."""
+    try:
+        from ray.train.v2._internal.util import TrainingFramework
+    except ImportError:
+        return None
+    return getattr(TrainingFramework, "TENSORFLOW", None)
+
+
 def install_failure_policy(trainer: Any, policy: Any) -> bool:
     """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default failure policy.
 
@@ -105,7 +118,7 @@ def install_failure_policy(trainer: Any, policy: Any) -> bool:
     original = getattr(trainer, "_initialize_and_run_controller", None)
     if original is None:
         logger.warning(
-            "this Ray version has no TensorflowTrainer._initialize_and_run_controller; user-code "
+            "this Ray version has no DataParallelTrainer._initialize_and_run_controller; user-code "
             "errors will be retried by Ray up to failures.max_failures times"
         )
         return False

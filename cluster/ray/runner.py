@@ -1,4 +1,6 @@
-"""Runs one attempt on Ray: ``ray.train.tensorflow.TensorflowTrainer`` with spotrain's hooks.
+"""Runs one attempt on Ray: a Train V2 ``DataParallelTrainer`` with spotrain's TensorFlow set-up
+(:mod:`cluster.ray.tf_backend`: what ``TensorflowTrainer`` is, without importing TensorFlow in
+the driver) and spotrain's hooks.
 
 Which Ray (:mod:`cluster.ray.address`): ``--address``, ``RAY_ADDRESS`` (``ray job submit``) or
 a live ``ray start`` head on this node is joined; otherwise an embedded Ray,
@@ -167,17 +169,20 @@ class RayAttemptRunner:
     def build_trainer(self, ctx: AttemptContext) -> Any:
         import ray
         import ray.train
-        import ray.train.tensorflow
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
         # Ray Train V2 classes at runtime (V2 is the default in 2.60); typed as Any because the
         # stubs mypy sees are Ray Train V1's.
         FailureConfig: Any = ray.train.FailureConfig
         RunConfig: Any = ray.train.RunConfig
         ScalingConfig: Any = ray.train.ScalingConfig
-        TensorflowTrainer: Any = ray.train.tensorflow.TensorflowTrainer
+        # Train V2's TensorflowTrainer is this trainer with Ray's TensorflowConfig, whose
+        # import imports TensorFlow; TensorflowSetup is the same set-up without it
+        Trainer: Any = DataParallelTrainer
 
         from cluster.ray.hooks import MetricsEventCallback, SpotrainRayFailurePolicy
         from cluster.ray.internals import install_failure_policy
+        from cluster.ray.tf_backend import TensorflowSetup
         from trainer.worker import train_loop_per_worker
 
         for name, value in constants.RAY_TRAIN_ENV_DEFAULTS.items():
@@ -223,9 +228,10 @@ class RayAttemptRunner:
             ],
             worker_runtime_env={"env_vars": {**constants.WORKER_ENV_VARS, TRAIN_WORKER_ENV: "1"}},
         )
-        trainer = TensorflowTrainer(
+        trainer = Trainer(
             train_loop_per_worker,
             train_loop_config=config,
+            backend_config=TensorflowSetup(),
             scaling_config=scaling,
             run_config=run_config,
         )
