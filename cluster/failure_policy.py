@@ -280,7 +280,7 @@ _PRECEDENCE = [
 
 
 def classify(exc: BaseException) -> Classified:
-    """Classify an exception from ``TensorflowTrainer.fit()`` or from the driver itself."""
+    """Classify an exception from the Ray trainer's ``fit()`` or from the driver itself."""
     names = _names(exc)
     if "WorkerGroupError" in names and isinstance(getattr(exc, "worker_failures", None), dict):
         leaves = []

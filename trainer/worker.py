@@ -1,4 +1,4 @@
-"""The function Ray's ``TensorflowTrainer`` runs on every worker.
+"""The function Ray Train runs on every worker (a ``DataParallelTrainer``, cluster/ray/runner.py).
 
 Set ``TF_USE_LEGACY_KERAS=1`` in the Ray runtime env (env_vars) too: this module sets it at
 import, which is enough only if nothing imported TensorFlow earlier in the worker process.
