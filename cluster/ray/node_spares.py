@@ -7,7 +7,9 @@ is a driver thread that, every ``interval_s``, lists the alive nodes with CPUs a
 raylet of each one no worker published from for ``count`` spares in the published env, once per
 node. The spares' preload (:mod:`trainer.warm`) then imports TensorFlow there before the group
 is restarted. Nothing happens until a worker has published (so a plain ``ray.init`` driver
-never starts processes), and a failed request is logged and tried again at the next poll.
+never starts processes), and a failed request is logged and tried again at the next poll. A poll
+while the driver is not connected to Ray does nothing: Ray's own calls would start a new local
+Ray (seen: a watcher left running after a shutdown started one in its process).
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class NodeSpares:
 
         from trainer.ray_internals import prestart_workers, published_worker_envs
 
+        if not ray.is_initialized():  # Ray's calls below would start a new local Ray
+            return []
         published = published_worker_envs(ray.get_runtime_context().get_job_id())
         if not published:
             return []

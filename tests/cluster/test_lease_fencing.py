@@ -94,9 +94,12 @@ def test_lost_lease_stops_without_an_emergency_save(
     )
     ctx.lease_lost.set()
     ctx.stop.set()  # on_lost = request_stop sets both: the lost lease wins
-    with pytest.raises(LeaseLostError, match="without saving"):
-        runner.run(ctx)
-    trainer.release.set()
+    try:
+        with pytest.raises(LeaseLostError, match="without saving"):
+            runner.run(ctx)
+    finally:
+        trainer.release.set()
+        runner.close()
     assert saves == []
 
 
