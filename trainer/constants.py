@@ -51,3 +51,8 @@ DEFAULT_MATERIALIZE_BYTES = env_int("SPOTRAIN_MATERIALIZE_BYTES", 2 * 2**30)
 #: ``DEFAULT_READ_ROWS // global_batch_size`` steps, at least one): larger chunks share the
 #: per-read cost. Reads start at one step and double, so a first batch waits for one step.
 DEFAULT_READ_ROWS = env_int("SPOTRAIN_READ_ROWS", 65_536)
+
+#: Bytes of converted rows a file source (Parquet) keeps in memory at most: the row groups of
+#: about two shuffle windows, more when one read needs more (``window_blocks: 0``). A read that
+#: needs more than this goes row group by row group (slower, within the old cache's bound).
+DEFAULT_ROW_CACHE_BYTES = env_int("SPOTRAIN_ROW_CACHE_BYTES", 2**30)

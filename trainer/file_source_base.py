@@ -11,6 +11,7 @@ are allowed (e.g. JPEG bytes to decode).
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from trainer.constants import DEFAULT_ROW_CACHE_BYTES
 from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError
 from trainer.sources import Source
@@ -66,6 +68,89 @@ def list_files(fs: Any, path: str, spec: FileSource, suffixes: Sequence[str]) ->
                 spec.url, f"{f} is empty (0 bytes)", "remove the empty file or write it again"
             )
     return files
+
+
+class UnitSlab:
+    """The converted rows of the last few I/O units (row groups), LRU, held in one array per
+    column: unit ``u`` in slot ``k`` is rows ``[k*slot_rows, k*slot_rows + len(u))``. A read of
+    rows spread over many units is then one ``np.take`` per column (no grouping by unit).
+
+    Slots are ``slot_rows`` (the largest unit) long. The slab starts with ``capacity`` slots and
+    grows when one read needs more units at once (e.g. ``window_blocks: 0``, where a read
+    touches every row group), up to ``max_bytes``; a read that needs more returns None (the
+    caller reads unit by unit)."""
+
+    def __init__(
+        self,
+        unit_starts: np.ndarray,
+        specs: Sequence[tf.TensorSpec],
+        load: Callable[[int], list[np.ndarray]],
+        capacity: int,
+        max_bytes: int,
+    ) -> None:
+        self._starts = unit_starts
+        units = len(unit_starts) - 1
+        self.slot_rows = int(np.diff(unit_starts).max())
+        self._shapes = [(tuple(s.shape), s.dtype.as_numpy_dtype) for s in specs]
+        self._row_bytes = sum(
+            int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+            for shape, dt in self._shapes
+        )
+        self._load = load
+        self.max_slots = max(1, min(units, max_bytes // max(1, self._row_bytes * self.slot_rows)))
+        self.capacity = max(1, min(capacity, self.max_slots))
+        self._arrays: list[np.ndarray] = []
+        self._slot_of = np.full(units, -1, np.int64)
+        self._unit_in: list[int] = []  # the unit in each slot (-1: free)
+        self._used: list[int] = []  # the read counter when each slot was last needed
+        self._reads = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self._arrays)
+
+    def take(self, indices: np.ndarray, units: np.ndarray) -> list[np.ndarray] | None:
+        """The rows ``indices`` (in units ``units``), or None when their units do not fit."""
+        needed = np.flatnonzero(np.bincount(units, minlength=len(self._slot_of)))
+        if len(needed) > self.max_slots:
+            return None
+        self._reads += 1
+        missing = [int(u) for u in needed if self._slot_of[u] < 0]
+        slots = min(self.max_slots, max(self.capacity, len(needed)))
+        if len(self._unit_in) < slots:
+            self._grow(slots)
+        for slot in self._slot_of[needed]:
+            if slot >= 0:
+                self._used[int(slot)] = self._reads
+        for unit in missing:
+            self._fill(self._free_slot(), unit)
+        rows = self._slot_of[units] * self.slot_rows + (indices - self._starts[units])
+        return [np.take(a, rows, axis=0) for a in self._arrays]
+
+    def _grow(self, slots: int) -> None:
+        old = len(self._unit_in)
+        arrays = [np.empty((slots * self.slot_rows, *shape), dt) for shape, dt in self._shapes]
+        for new, cur in zip(arrays, self._arrays, strict=False):
+            new[: len(cur)] = cur
+        self._arrays = arrays
+        self._unit_in += [-1] * (slots - old)
+        self._used += [0] * (slots - old)
+
+    def _free_slot(self) -> int:
+        """A slot with no unit, else the one least recently needed (never one this read needs)."""
+        slot = min(range(len(self._used)), key=self._used.__getitem__)
+        assert self._used[slot] < self._reads, "a read needs more units than the slab holds"
+        return slot
+
+    def _fill(self, slot: int, unit: int) -> None:
+        if self._unit_in[slot] >= 0:
+            self._slot_of[self._unit_in[slot]] = -1
+        at = slot * self.slot_rows
+        for dst, src in zip(self._arrays, self._load(unit), strict=True):
+            dst[at : at + len(src)] = src
+        self._unit_in[slot] = unit
+        self._slot_of[unit] = slot
+        self._used[slot] = self._reads
 
 
 class RowCache:
@@ -128,6 +213,14 @@ class ColumnSource(Source):
         self._cache = RowCache(2 * max(1, self.window_blocks or 8) * per_block)
         self._check_types()
         self.raw_spec = self._raw_spec()
+        self._read_lock = threading.Lock()
+        self._slab = UnitSlab(
+            self._unit_starts,
+            tf.nest.flatten(self.raw_spec),
+            self.unit_raw,
+            capacity=min(self._cache.capacity, 4 * max(1, self.window_blocks or 8)),
+            max_bytes=DEFAULT_ROW_CACHE_BYTES,
+        )
 
     # -- subclasses ------------------------------------------------------------------------
     def load_unit(self, unit: int) -> dict[str, np.ndarray]:
@@ -139,8 +232,16 @@ class ColumnSource(Source):
         return list(tf.nest.flatten(self._raw_rows(self.load_unit(unit))))
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
+        with self._read_lock:  # pipelines of one process share the slab and the cache
+            return self._read(indices)
+
+    def _read(self, indices: np.ndarray) -> list[np.ndarray]:
         indices = np.asarray(indices, np.int64)
         units = np.searchsorted(self._unit_starts, indices, side="right") - 1
+        taken = self._slab.take(indices, units) if len(indices) else None
+        if taken is not None:
+            self.counter.add(len(indices))
+            return taken
         out = [
             np.empty((len(indices), *s.shape), dtype=s.dtype.as_numpy_dtype)
             for s in tf.nest.flatten(self.raw_spec)

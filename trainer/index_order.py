@@ -98,7 +98,7 @@ class EpochOrder:
     _origin: np.ndarray = field(init=False, repr=False, compare=False)
     _starts: np.ndarray = field(init=False, repr=False, compare=False)
     _window_starts: np.ndarray = field(init=False, repr=False, compare=False)
-    _window_perms: dict[int, np.ndarray] = field(
+    _window_tables: dict[int, np.ndarray] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -137,30 +137,44 @@ class EpochOrder:
             raise ValueError(f"positions [{start}, {stop}) outside [0, {self.examples})")
         return self.at(np.arange(start, stop, dtype=np.int64))
 
-    def _in_window(self, w: int, offsets: np.ndarray, length: int) -> np.ndarray:
-        """The window's permutation at ``offsets``; a window up to WINDOW_TABLE_MAX examples
-        is computed whole once (then lookups are gathers)."""
-        key = derive_key(self.seed, self.epoch, _WINDOW, w)
-        if length > WINDOW_TABLE_MAX:
-            return permute(offsets, length, key)
-        table = self._window_perms.get(w)
+    def _window_examples(self, w: int) -> np.ndarray:
+        """Example index of every position of window ``w`` (a window up to WINDOW_TABLE_MAX
+        examples: computed whole once, the last two kept; lookups are then one gather)."""
+        table = self._window_tables.get(w)
         if table is None:
-            if len(self._window_perms) >= 2:
-                self._window_perms.pop(next(iter(self._window_perms)))
-            table = self._window_perms[w] = permute(np.arange(length), length, key)
-        return table[offsets]
+            if len(self._window_tables) >= 2:
+                self._window_tables.pop(next(iter(self._window_tables)))
+            w_start, w_len = self._window_span(w)
+            shuffled = permute(np.arange(w_len), w_len, self._window_key(w)) + w_start
+            table = self._window_tables[w] = self._example_of(shuffled)
+        return table
+
+    def _window_span(self, w: int) -> tuple[int, int]:
+        start = int(self._window_starts[w])
+        return start, int(self._window_starts[w + 1]) - start
+
+    def _window_key(self, w: int) -> int:
+        return derive_key(self.seed, self.epoch, _WINDOW, w)
+
+    def _example_of(self, shuffled: np.ndarray) -> np.ndarray:
+        """Example indices of block-order positions (after the in-window permutation)."""
+        block = np.searchsorted(self._starts, shuffled, side="right") - 1
+        return self._origin[self._block_order[block]] + (shuffled - self._starts[block])
 
     def at(self, pos: np.ndarray) -> np.ndarray:
         """Example indices of the positions ``pos`` (any order, each in [0, examples))."""
         pos = np.asarray(pos, dtype=np.int64)
-        if not self.shuffle:
+        if not self.shuffle or not len(pos):
             return pos
         window = np.searchsorted(self._window_starts, pos, side="right") - 1
-        shuffled = np.empty_like(pos)
-        for w in np.unique(window):
-            at = window == w
-            w_start = int(self._window_starts[w])
-            w_len = int(self._window_starts[w + 1]) - w_start
-            shuffled[at] = w_start + self._in_window(int(w), pos[at] - w_start, w_len)
-        block = np.searchsorted(self._starts, shuffled, side="right") - 1
-        return self._origin[self._block_order[block]] + (shuffled - self._starts[block])
+        first, last = int(window.min()), int(window.max())
+        out = np.empty_like(pos)
+        for w in [first] if first == last else np.unique(window).tolist():
+            at = slice(None) if first == last else window == w
+            w_start, w_len = self._window_span(w)
+            offsets = pos[at] - w_start
+            if w_len <= WINDOW_TABLE_MAX:
+                out[at] = self._window_examples(w)[offsets]
+            else:
+                out[at] = self._example_of(w_start + permute(offsets, w_len, self._window_key(w)))
+        return out

@@ -3,7 +3,8 @@
 Opening reads every file's footer only (row counts and the schema: never a data pass); the
 first row group is read too when a list/tensor column needs its shape. A worker reads a row
 group (only the job's columns) the first time one of *its* rows lies in it and keeps the last
-few decoded (``RowCache``: about two shuffle windows). By default a shuffle block is one row
+few decoded (``UnitSlab``: about two shuffle windows, one array per column, so a read is one
+gather whatever the row groups its rows lie in). By default a shuffle block is one row
 group, so a read of ``SPOTRAIN_READ_ROWS`` positions touches the row groups of one window
 (two at its edge): write files with row groups of ~10^4-10^5 rows.
 
@@ -135,9 +136,8 @@ class ParquetSource(ColumnSource):
             shape = tuple(probe[c].shape[1:]) if c in probe else ()
             columns[c] = (_numpy_dtype(t), shape)
         self.type_names = {c: str(schema.field(c).type) for c in spec.columns}
+        self._probe = probe or None  # row group 0, read for the shapes: its first load
         super().__init__(spec, rows, columns, map_fn, where, first_rows)
-        if probe:
-            self._cache.get(0, lambda: probe)
 
     @property
     def files(self) -> list[str]:
@@ -177,6 +177,9 @@ class ParquetSource(ColumnSource):
         return {c: column_array(table.column(c), c, self.spec.url) for c in names}
 
     def load_unit(self, unit: int) -> dict[str, np.ndarray]:
+        if unit == 0 and self._probe is not None:
+            probe, self._probe = self._probe, None
+            return probe
         return self._read_unit(unit)
 
 

@@ -299,6 +299,7 @@ class WorkerTrainingState:
         on every rank, which then all fail together if the chief's commit failed."""
         assert self._model is not None and self._parts is not None, "restore() first"
         strategy = self._model.distribute_strategy
+        started = time.perf_counter()  # the save's blocked time starts here
         state = manifest_state(
             ManifestPosition(g, epoch, step, self._spe, finished),
             self.options,
@@ -312,7 +313,7 @@ class WorkerTrainingState:
         ok = True
         error: BaseException | None = None
         try:
-            self._saver.save(g, self._parts, state, rows)
+            self._saver.save(g, self._parts, state, rows, started)
             self._last_saved_step = g
             if wait:
                 self._saver.wait(self.options.commit_timeout_s)

@@ -108,6 +108,32 @@ def test_a_resume_reads_only_the_rows_of_its_first_batch(tmp_path: Path) -> None
     assert src.counter.bytes - footers < 4 * 2 * 25 * 3 * 8 * 2
 
 
+@pytest.mark.parametrize(("window", "max_bytes"), [(2, 2**30), (0, 2**30), (0, 600)])
+def test_parquet_rows_read_through_the_slab_are_the_files_rows(
+    tmp_path: Path, window: int, max_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windowed, uniform (every read touches every row group: the slab grows) and capped
+    (reads go row group by row group): each read returns exactly the rows asked for."""
+    monkeypatch.setattr("trainer.file_source_base.DEFAULT_ROW_CACHE_BYTES", max_bytes)
+    x, y = _arrays(397)
+    write_parquet(tmp_path / "d", x, y, files=3, row_group=5)  # 81 row groups, some shorter
+    spec = FileSource(
+        parquet=str(tmp_path / "d"), features=("f0", "f1"), label="y", window_blocks=window
+    )
+    src = open_source(spec, REPO)
+    inp = IndexedInput(src, G, 3, 2)
+    for epoch in range(2):
+        idx = inp.chunk_indices(epoch, 0, inp.steps_per_epoch)
+        for part in np.array_split(idx, 5):
+            got_x, got_y = src.read(part)
+            assert np.array_equal(got_x, x[part]) and np.array_equal(got_y, y[part])
+    slab = src._slab
+    if max_bytes < 2**30:
+        assert slab.nbytes <= max_bytes
+    elif window == 0:
+        assert slab.capacity < len(slab._unit_in) <= slab.max_slots  # it grew for one read
+
+
 def test_parquet_map_runs_on_the_workers_rows_and_list_columns_are_tensors(tmp_path: Path) -> None:
     x, y = _arrays(40)
     write_parquet(tmp_path / "d", x, y, files=2, row_group=10)

@@ -64,6 +64,35 @@ def test_snapshot_writes_what_checkpoint_write_writes(tmp_path: Path) -> None:
     assert empty is not None and not empty.values and empty.nbytes == 0
 
 
+def test_snapshots_copy_into_the_same_host_buffers(tmp_path: Path) -> None:
+    m = tf.keras.Sequential([tf.keras.Input((600,)), tf.keras.layers.Dense(600)])  # > 1 MiB
+    m.compile(tf.keras.optimizers.Adam(), loss="mse")
+    m.fit(np.ones((8, 600)), np.zeros((8, 600)), verbose=0)
+    ckpt = checkpoint_of(m)
+    buffers = snapshot.HostBuffers(threads=2)
+    first = snapshot.take(ckpt, 1, None, keep=True, buffers=buffers)
+    assert first is not None
+    kernel = m.layers[0].kernel.numpy()
+    m.fit(np.ones((8, 600)), np.ones((8, 600)), verbose=0)  # the variables change...
+    assert not np.array_equal(kernel, m.layers[0].kernel.numpy())
+    ckpt.write(str(tmp_path / "ref" / CKPT_PREFIX))
+    (tmp_path / "snap").mkdir()
+    second = snapshot.take(ckpt, 2, None, keep=True, buffers=buffers)
+    assert second is not None and second.nbytes == buffers.nbytes > 600 * 600 * 4 * 3
+    numeric = [i for i, v in enumerate(second.values) if isinstance(v, np.ndarray) and v.size > 1]
+    assert numeric and all(second.values[i] is first.values[i] for i in numeric)  # same arrays
+    m.fit(np.ones((8, 600)), np.zeros((8, 600)), verbose=0)  # ...and not the snapshot
+    second.write(str(tmp_path / "snap"))
+    ref, got = (
+        _bundle(str(tmp_path / "ref" / CKPT_PREFIX)),
+        _bundle(str(tmp_path / "snap" / CKPT_PREFIX)),
+    )
+    assert sorted(ref) == sorted(got)
+    assert all(np.array_equal(got[k][1], ref[k][1]) for k in ref)
+    buffers.close()
+    assert buffers.nbytes == 0
+
+
 def test_training_continues_while_an_upload_is_slow(tmp_path: Path) -> None:
     canary = slow_upload.StepCanary()
     held: list[bool] = []
