@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import fsspec
@@ -84,7 +84,7 @@ class UnitSlab:
         self,
         unit_starts: np.ndarray,
         specs: Sequence[tf.TensorSpec],
-        load: Callable[[int], list[np.ndarray]],
+        load: Callable[[list[int]], Iterable[tuple[int, list[np.ndarray]]]],
         capacity: int,
         max_bytes: int,
     ) -> None:
@@ -122,8 +122,8 @@ class UnitSlab:
         for slot in self._slot_of[needed]:
             if slot >= 0:
                 self._used[int(slot)] = self._reads
-        for unit in missing:
-            self._fill(self._free_slot(), unit)
+        for unit, arrays in self._load(missing):
+            self._fill(self._free_slot(), unit, arrays)
         rows = self._slot_of[units] * self.slot_rows + (indices - self._starts[units])
         return [np.take(a, rows, axis=0) for a in self._arrays]
 
@@ -142,11 +142,11 @@ class UnitSlab:
         assert self._used[slot] < self._reads, "a read needs more units than the slab holds"
         return slot
 
-    def _fill(self, slot: int, unit: int) -> None:
+    def _fill(self, slot: int, unit: int, arrays: list[np.ndarray]) -> None:
         if self._unit_in[slot] >= 0:
             self._slot_of[self._unit_in[slot]] = -1
         at = slot * self.slot_rows
-        for dst, src in zip(self._arrays, self._load(unit), strict=True):
+        for dst, src in zip(self._arrays, arrays, strict=True):
             dst[at : at + len(src)] = src
         self._unit_in[slot] = unit
         self._slot_of[unit] = slot
@@ -217,7 +217,7 @@ class ColumnSource(Source):
         self._slab = UnitSlab(
             self._unit_starts,
             tf.nest.flatten(self.raw_spec),
-            self.unit_raw,
+            self.load_units,
             capacity=min(self._cache.capacity, 4 * max(1, self.window_blocks or 8)),
             max_bytes=DEFAULT_ROW_CACHE_BYTES,
         )
@@ -229,7 +229,17 @@ class ColumnSource(Source):
     # -- reading ---------------------------------------------------------------------------
     def unit_raw(self, unit: int) -> list[np.ndarray]:
         """A unit's rows as ``read`` returns them (converted once, then cached)."""
-        return list(tf.nest.flatten(self._raw_rows(self.load_unit(unit))))
+        return self.converted(self.load_unit(unit))
+
+    def converted(self, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Loaded columns as ``read`` returns them (pure NumPy: safe on any thread)."""
+        return list(tf.nest.flatten(self._raw_rows(cols)))
+
+    def load_units(self, units: list[int]) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """(unit, its rows as ``read`` returns them) of each of ``units``, one after another
+        (a source may load them concurrently)."""
+        for unit in units:
+            yield unit, self.unit_raw(unit)
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         with self._read_lock:  # pipelines of one process share the slab and the cache

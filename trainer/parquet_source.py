@@ -16,7 +16,8 @@ maps and hands to the model only its own ``G/W`` rows per step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,8 @@ from trainer.file_source_base import (
 from trainer.sources import ReadCounter
 
 SUFFIXES = (".parquet", ".pq")
+#: Threads that read row groups of different files at once.
+READ_THREADS = 8
 
 
 def column_array(arr: pa.Array | pa.ChunkedArray, name: str, url: str) -> np.ndarray:
@@ -137,6 +140,7 @@ class ParquetSource(ColumnSource):
             columns[c] = (_numpy_dtype(t), shape)
         self.type_names = {c: str(schema.field(c).type) for c in spec.columns}
         self._probe = probe or None  # row group 0, read for the shapes: its first load
+        self._pool: ThreadPoolExecutor | None = None
         super().__init__(spec, rows, columns, map_fn, where, first_rows)
 
     @property
@@ -181,6 +185,29 @@ class ParquetSource(ColumnSource):
             probe, self._probe = self._probe, None
             return probe
         return self._read_unit(unit)
+
+    def load_units(self, units: list[int]) -> Iterator[tuple[int, list[np.ndarray]]]:
+        """Row groups of different files are read concurrently (``READ_THREADS``: on S3 a
+        window's row groups cost about one request's latency, not one per row group); the row
+        groups of one file one after another, on one thread (one ``ParquetFile`` each)."""
+        by_file: dict[int, list[int]] = {}
+        for unit in units:
+            by_file.setdefault(self._units[unit][0], []).append(unit)
+        if len(by_file) < 2:
+            yield from super().load_units(units)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(READ_THREADS, "spotrain-parquet")
+        first = self.load_unit(0) if 0 in units and self._probe is not None else None
+
+        def load(file_units: list[int]) -> list[tuple[int, list[np.ndarray]]]:
+            return [
+                (u, self.converted(first if u == 0 and first is not None else self._read_unit(u)))
+                for u in file_units
+            ]
+
+        for done in [self._pool.submit(load, us) for us in by_file.values()]:
+            yield from done.result()
 
 
 def _is_list(t: pa.DataType) -> bool:

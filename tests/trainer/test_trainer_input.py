@@ -152,13 +152,19 @@ def test_parquet_map_runs_on_the_workers_rows_and_list_columns_are_tensors(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(
-        pa.table({"v": [[1.0, 2.0], [3.0, 4.0]] * 10, "y": list(range(20))}), tmp_path / "l.parquet"
-    )
-    src = open_source(
-        FileSource(parquet=str(tmp_path / "l.parquet"), features=("v",), label="y"), REPO
-    )
+    (tmp_path / "l").mkdir()
+    for part in range(2):  # row group 0 is read for the shape, and is the first load of unit 0
+        v = [[float(i), float(-i)] for i in range(part * 20, part * 20 + 20)]
+        pq.write_table(
+            pa.table({"v": v, "y": list(range(part * 20, part * 20 + 20))}),
+            tmp_path / "l" / f"{part}.parquet",
+            row_group_size=5,
+        )
+    src = open_source(FileSource(parquet=str(tmp_path / "l"), features=("v",), label="y"), REPO)
     assert src.raw_spec[0].shape == (2,)
+    idx = np.random.default_rng(0).permutation(40)
+    got_x, got_y = src.read(idx)  # row groups of both files, loaded concurrently
+    assert np.array_equal(got_y, idx) and np.array_equal(got_x, np.stack([idx, -idx], 1))
 
 
 def test_tfrecord_index_is_written_once_in_the_run(tmp_path: Path) -> None:
