@@ -29,6 +29,22 @@ def test_tf_config_is_the_one_rays_tensorflow_config_sets(monkeypatch):
         assert os.environ["TF_USE_LEGACY_KERAS"] == "1"
 
 
+def test_worker_ports_come_from_below_the_ephemeral_range_and_are_free():
+    """An ephemeral port picked early can be taken by an outgoing connection before
+    TensorFlow's server binds it ("Could not start gRPC server"): ports come from below."""
+    import socket
+
+    from cluster.ray.tf_backend import ephemeral_range, listen_port
+
+    low, high = ephemeral_range()
+    assert 1024 < low < high
+    ports = {listen_port() for _ in range(20)}
+    assert all(10000 <= p < low for p in ports) and len(ports) > 1
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("", port))  # free: the check closed its socket
+
+
 def test_the_driver_builds_its_trainer_without_importing_tensorflow(tmp_path):
     """Everything the driver imports to build and configure the trainer, in a fresh process."""
     code = """
