@@ -229,11 +229,7 @@ class ColumnSource(Source):
     # -- reading ---------------------------------------------------------------------------
     def unit_raw(self, unit: int) -> list[np.ndarray]:
         """A unit's rows as ``read`` returns them (converted once, then cached)."""
-        return self.converted(self.load_unit(unit))
-
-    def converted(self, cols: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Loaded columns as ``read`` returns them (pure NumPy: safe on any thread)."""
-        return list(tf.nest.flatten(self._raw_rows(cols)))
+        return list(tf.nest.flatten(self._raw_rows(self.load_unit(unit))))
 
     def load_units(self, units: list[int]) -> Iterator[tuple[int, list[np.ndarray]]]:
         """(unit, its rows as ``read`` returns them) of each of ``units``, one after another

@@ -198,13 +198,10 @@ class ParquetSource(ColumnSource):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(READ_THREADS, "spotrain-parquet")
-        first = self.load_unit(0) if 0 in units and self._probe is not None else None
 
         def load(file_units: list[int]) -> list[tuple[int, list[np.ndarray]]]:
-            return [
-                (u, self.converted(first if u == 0 and first is not None else self._read_unit(u)))
-                for u in file_units
-            ]
+            # unit 0 (the probe's, taken by load_unit) is in one file: one thread touches it
+            return [(u, self.unit_raw(u)) for u in file_units]
 
         for done in [self._pool.submit(load, us) for us in by_file.values()]:
             yield from done.result()

@@ -220,13 +220,13 @@ def _cpu_view(value: Any, device: Any) -> np.ndarray | None:
 
 
 def _host_copy(value: Any, device: Any) -> Any:
-    """A host copy that later training steps cannot change."""
+    """A host copy that later training steps cannot change, of a value ``_cpu_view`` does not
+    cover (a string or GPU tensor, a non-tensor value)."""
     if isinstance(value, tf.Tensor):
         if value.dtype == tf.string:
             return value.numpy()  # bytes objects are immutable
         if device is not None and "GPU" in str(device).upper():
             return tf.identity(value)  # TF's read already copied it to the host
-        return np.array(value, copy=True)
     return np.array(value, copy=True)
 
 
