@@ -14,12 +14,16 @@ import os
 import signal
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster import constants, schema_cli, storage_cli, verify_cli
 from cluster.chaos import cli as chaos_cli
 from cluster.display import Progress, emit, iso, safe_status, setup_logging
 from cluster.exit_codes import ExitCode
+
+if TYPE_CHECKING:
+    from cluster.coordinator import Coordinator
+    from cluster.state import State
 
 logger = logging.getLogger("spotrain")
 
@@ -148,7 +152,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cluster.errors import SpecError
     from cluster.ray.runner import RayAttemptRunner
     from cluster.spec import load_spec
-    from cluster.state import Failed, RunState
     from storage.errors import LeaseHeldError
 
     tty = sys.stdout.isatty() and args.log_format == "text"
@@ -192,16 +195,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         previous_handlers[sig] = signal.signal(sig, on_signal)
     display = Progress(args, coord.location, tty)
     display.start()
+    left_running = False
     try:
         final = coord.run()
     finally:
         display.stop()
-        coord.close()
+        left_running = coord.close()
         for sig, h in previous_handlers.items():
             signal.signal(sig, h)
+    code = _report_final(args, coord, final)
+    if left_running:
+        # a stopped trainer still calls into Ray in this process: end before it can (Ray ends
+        # a process that calls it after shutdown with exit 1, which would hide this code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(int(code))
+    return code
+
+
+def _report_final(args: argparse.Namespace, coord: Coordinator, final: State) -> ExitCode:
+    """Print the run's summary for its final state; return the exit code it maps to."""
+    from cluster.state import Failed, RunState
 
     report = safe_status(coord.location)
-    summary = report.progress_line() if report else f"{spec.name} {final.kind.value}"
+    summary = report.progress_line() if report else f"{coord.spec.name} {final.kind.value}"
     if final.kind is RunState.SUCCEEDED:
         emit(args, "summary", message=summary, state="SUCCEEDED", code=0)
         return ExitCode.OK

@@ -23,6 +23,10 @@ DEFAULT_LEASE_RENEW_S = env_float("SPOTRAIN_LEASE_RENEW_S", DEFAULT_LEASE_TTL_S 
 #: exits anyway. Kubernetes' terminationGracePeriodSeconds must be larger than this.
 DEFAULT_SIGTERM_GRACE_S = env_float("SPOTRAIN_SIGTERM_GRACE_S", 25.0)
 
+#: Of that grace, what a stopped driver keeps for its own exit after waiting for the trainer to
+#: wind down (its summary, the lease release, Ray's shutdown).
+STOP_EXIT_MARGIN_S = 3.0
+
 #: Retry budgets (-1 = unlimited). Preemptions are expected on spot machines, so unlimited.
 DEFAULT_MAX_PREEMPTIONS = -1
 DEFAULT_MAX_FAILURES = 3

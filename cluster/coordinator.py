@@ -174,13 +174,17 @@ class Coordinator:
         if type(self.store) is CheckpointStore and self.store.fence is None:
             self.store = CheckpointStore(self.location, fence=fence)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Close the runner, release the lease. True: the process must end with ``os._exit``
+        (see :meth:`cluster.attempt.AttemptRunner.close`)."""
+        left_running = False
         try:
-            self.runner.close()
+            left_running = self.runner.close()
         except Exception:  # process boundary
             logger.warning("closing the attempt runner failed", exc_info=True)
         if self._lease is not None:
             self._lease.release()
+        return left_running
 
     def request_stop(self) -> None:
         """SIGTERM: save and stop (the runner does the emergency save)."""

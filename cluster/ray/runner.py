@@ -92,6 +92,7 @@ class RayAttemptRunner:
         self.embedded = False
         self._started_ray = False
         self._node_spares: NodeSpares | None = None
+        self._fit_thread: threading.Thread | None = None
 
     # -- Ray session -------------------------------------------------------------------------
     def ensure_ray(self, ctx: AttemptContext) -> None:
@@ -155,15 +156,22 @@ class RayAttemptRunner:
             self._node_spares = NodeSpares(DEFAULT_WARM_SPARES, DEFAULT_SPARE_KEEP_ALIVE_S)
             self._node_spares.start()
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop the spares and Ray. Returns True when a stopped ``trainer.fit()`` still runs: Ray
+        is then left up (a call into Ray after ``ray.shutdown()`` ends the process with exit 1) and
+        the process must end with ``os._exit``."""
         if self._node_spares is not None:
             self._node_spares.stop()
             self._node_spares = None
+        if self._fit_thread is not None and self._fit_thread.is_alive():
+            logger.info("the stopped trainer is still winding down; Ray ends with the process")
+            return True
         if self._started_ray:
             import ray
 
             ray.shutdown()
             self._started_ray = False
+        return False
 
     # -- one attempt ---------------------------------------------------------------------------
     def build_trainer(self, ctx: AttemptContext) -> Any:
@@ -259,14 +267,17 @@ class RayAttemptRunner:
                 box["error"] = exc
 
         thread = threading.Thread(target=fit, name="spotrain-fit", daemon=True)
+        self._fit_thread = thread
         thread.start()
         while thread.is_alive():
             thread.join(self.poll_s)
             if ctx.lease_lost.is_set():
                 raise self._lease_lost(ctx)
             if ctx.stop.is_set() and thread.is_alive():
-                self.emergency_stop(ctx, thread)
-                thread.join(self.poll_s)
+                deadline = self.emergency_stop(ctx, thread)
+                # the drained workers exit and fit() returns; waiting for it (inside the grace)
+                # lets Ray shut down with nothing left calling into it
+                thread.join(max(self.poll_s, deadline - constants.STOP_EXIT_MARGIN_S - time.time()))
                 if thread.is_alive() or "result" not in box:
                     raise DriverPreempted("the driver was asked to stop (SIGTERM); state saved")
                 # training finished before the stop took effect: success wins
@@ -293,11 +304,11 @@ class RayAttemptRunner:
             ctx.location.url,
         )
 
-    def emergency_stop(self, ctx: AttemptContext, thread: threading.Thread) -> None:
+    def emergency_stop(self, ctx: AttemptContext, thread: threading.Thread) -> float:
         """Ask the workers to save (drain the local node as a preemption) and wait for it.
 
         Done when the trainer records its ``preemption`` event (written after its commit), when
-        the attempt ends, or after ``sigterm_grace_s``.
+        the attempt ends, or after ``sigterm_grace_s``. Returns the grace's deadline (unix time).
         """
         from storage import events as run_events
         from storage.checkpoints import CheckpointStore
@@ -319,7 +330,7 @@ class RayAttemptRunner:
                 "committed checkpoint (step %s) stands",
                 before,
             )
-            return
+            return asked
         # The attempt as recorded (Ray's controller may have restarted the workers since the
         # driver started it); the trainer's saves already there are not this stop's.
         evs = run_events.of_kind(record, Kind.PREEMPTION, Kind.ATTEMPT_START)
@@ -335,7 +346,7 @@ class RayAttemptRunner:
             logger.warning(
                 "could not drain the local Ray node; the last commit stands", exc_info=True
             )
-            return
+            return asked
         logger.warning("SIGTERM: asked the workers to save; waiting up to %.0fs", grace)
         while time.time() < asked + grace and thread.is_alive():
             saved = [e for e in run_events.emergency_saves(record) if e.name not in saved_before]
@@ -343,7 +354,7 @@ class RayAttemptRunner:
                 logger.warning(
                     "emergency checkpoint committed at step %s", saved[-1].payload.get("step")
                 )
-                return
+                return asked + grace
             time.sleep(self.poll_s)
         steps = store.committed_steps()
         latest = steps[-1] if steps else None
@@ -352,6 +363,7 @@ class RayAttemptRunner:
             grace,
             latest,
         )
+        return asked + grace
 
     @staticmethod
     def _drain_local_node(deadline_s: float) -> None:

@@ -85,5 +85,6 @@ class FakeRunner:
             raise DriverPreempted("stopped")
         raise outcome
 
-    def close(self) -> None:
+    def close(self) -> bool:
         self.closed = True
+        return False

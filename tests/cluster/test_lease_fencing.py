@@ -44,8 +44,8 @@ class TakenOverRunner:
         self.after_takeover = _files(Path(self.loc.root))
         raise RuntimeError("a worker died")
 
-    def close(self) -> None:
-        pass
+    def close(self) -> bool:
+        return False
 
 
 def test_stale_coordinator_writes_nothing_after_a_takeover(tmp_path: Path) -> None:

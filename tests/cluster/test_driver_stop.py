@@ -1,0 +1,88 @@
+"""A SIGTERM'd driver ends with exit 75, not with Ray's exit 1.
+
+Ray ends a process with exit 1 ("The core worker has already been shutdown") when any thread
+calls into it after ``ray.shutdown()``. A stopped ``trainer.fit()`` runs on in its thread while
+the drained workers exit, so the runner waits for it inside the grace and, if it is still
+running, leaves Ray up and tells the caller to end the process with ``os._exit``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster.attempt import AttemptContext, CoordinatorOptions
+from cluster.errors import DriverPreempted
+from cluster.ray.runner import RayAttemptRunner
+from storage.location import RunLocation
+
+from .test_coordinator import make_spec
+
+
+class StoppableTrainer:
+    """``fit()`` raises once ``release`` is set, as Ray Train's does once the drained workers
+    exit and the failure policy (asked by the driver to stop) does not restart them."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def fit(self) -> Any:
+        self.release.wait(30)
+        raise RuntimeError("the workers stopped")
+
+
+def _stopped_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, winds_down_after_s: float | None
+) -> tuple[RayAttemptRunner, StoppableTrainer, AttemptContext]:
+    runner = RayAttemptRunner(poll_s=0.05)
+    trainer = StoppableTrainer()
+
+    def emergency_stop(ctx: AttemptContext, thread: threading.Thread) -> float:
+        if winds_down_after_s is not None:
+            threading.Timer(winds_down_after_s, trainer.release.set).start()
+        return time.time() + 10.0  # the grace's deadline
+
+    monkeypatch.setattr(runner, "ensure_ray", lambda ctx: None)
+    monkeypatch.setattr(runner, "build_trainer", lambda ctx: trainer)
+    monkeypatch.setattr(runner, "emergency_stop", emergency_stop)
+    loc = RunLocation.from_url(f"file://{tmp_path}/runs/job")
+    ctx = AttemptContext(
+        spec=make_spec(tmp_path),
+        run_url=loc.url,
+        location=loc,
+        attempt=1,
+        counts={},
+        stop=threading.Event(),
+        options=CoordinatorOptions(),
+        lease_generation=1,
+    )
+    ctx.stop.set()
+    return runner, trainer, ctx
+
+
+def test_a_stopped_driver_waits_for_the_trainer_to_wind_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, _trainer, ctx = _stopped_runner(tmp_path, monkeypatch, winds_down_after_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(DriverPreempted):
+        runner.run(ctx)
+    assert time.monotonic() - started < 5.0, "waited past the trainer's end"
+    assert runner.close() is False, "the trainer had ended: Ray can shut down"
+
+
+def test_a_trainer_still_running_at_the_deadline_leaves_ray_to_the_process_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, trainer, ctx = _stopped_runner(tmp_path, monkeypatch, winds_down_after_s=None)
+    monkeypatch.setattr("cluster.constants.STOP_EXIT_MARGIN_S", 9.5)  # 0.5 s left to wait
+    try:
+        with pytest.raises(DriverPreempted):
+            runner.run(ctx)
+        assert runner.close() is True, "fit() still runs: Ray must not be shut down under it"
+    finally:
+        trainer.release.set()
