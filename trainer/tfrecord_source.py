@@ -141,7 +141,7 @@ class TFRecordSource(ColumnSource):
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         indices = np.asarray(indices, np.int64)
-        units = np.searchsorted(self._unit_starts, indices, side="right") - 1
+        units = self.unit_of(indices)
         serialized = np.empty(len(indices), dtype=object)
         for unit in np.unique(units):
             at = units == unit

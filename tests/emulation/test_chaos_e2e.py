@@ -258,7 +258,7 @@ def test_elastic_run_grows_when_capacity_arrives(tmp_path):
     15 s after the workers are up: a resize check can come 10 s after the group started, and a
     node that joined sooner could restart the group before its first commit (seen: the grown
     group then starts from step 0 and nothing is restored)."""
-    report, run_url = _emulate_elastic(tmp_path, "--chaos", "add-node@15s", epochs="40", nodes="1")
+    report, run_url = _emulate_elastic(tmp_path, "--chaos", "add-node@15s", epochs="20", nodes="1")
     assert report["status"]["state"] == "SUCCEEDED"
     restores = [e["payload"] for e in _events(run_url) if e["kind"] == "restore"]
     grown = [r for r in restores if r["saved_by_world_size"] == 1 and r["world_size"] == 2]

@@ -14,6 +14,7 @@ from tests.trainer.input_files import write_parquet, write_tfrecord
 from trainer.data import DataContext, build_input
 from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError, UserCodeError
+from trainer.file_source_base import UnitLookup
 from trainer.file_sources import open_source
 from trainer.index_order import EpochOrder, permute
 from trainer.indexed_input import IndexedInput
@@ -61,6 +62,18 @@ def test_feistel_is_a_bijection_for_awkward_sizes() -> None:
 
 def _input(source, epochs: int = 3) -> IndexedInput:
     return IndexedInput(source, G, 5, epochs, read_rows=G)  # one step per read
+
+
+@pytest.mark.parametrize(
+    "unit_rows",
+    [[16384, 16384, 13348, 16384, 1], [5, 3, 7, 1, 9, 2], [10, 0, 4, 6], [1], [7] * 50],
+)
+def test_unit_lookup_matches_a_binary_search_over_unit_starts(unit_rows: list[int]) -> None:
+    starts = np.concatenate([[0], np.cumsum(unit_rows)]).astype(np.int64)
+    indices = np.random.default_rng(0).integers(0, starts[-1], 10_000)
+    indices = np.concatenate([indices, starts[:-1][np.diff(starts) > 0], [starts[-1] - 1]])
+    expected = np.searchsorted(starts, indices, side="right") - 1
+    np.testing.assert_array_equal(UnitLookup(starts)(indices), expected)
 
 
 @pytest.mark.parametrize("pipelines", [1, 2, 4])
