@@ -254,11 +254,13 @@ def test_elastic_run_continues_with_fewer_workers_after_losing_a_node(tmp_path):
 
 def test_elastic_run_grows_when_capacity_arrives(tmp_path):
     """Start where one worker fits; Ray Train's resize check (every ``resize_check_s``) sees the
-    added node and restarts the group with 2 workers from a 1-worker checkpoint. The node joins
-    15 s after the workers are up: a resize check can come 10 s after the group started, and a
-    node that joined sooner could restart the group before its first commit (seen: the grown
-    group then starts from step 0 and nothing is restored)."""
-    report, run_url = _emulate_elastic(tmp_path, "--chaos", "add-node@15s", epochs="20", nodes="1")
+    added node and restarts the group with 2 workers from a 1-worker checkpoint. The fault
+    clock starts at the first commit (``--clock training``): a resize can come 10 s after the
+    group started, and a node that joined before the first commit could restart the group with
+    nothing to restore (seen: the grown group started from step 0)."""
+    report, run_url = _emulate_elastic(
+        tmp_path, "--clock", "training", "--chaos", "add-node@1s", epochs="40", nodes="1"
+    )
     assert report["status"]["state"] == "SUCCEEDED"
     restores = [e["payload"] for e in _events(run_url) if e["kind"] == "restore"]
     grown = [r for r in restores if r["saved_by_world_size"] == 1 and r["world_size"] == 2]
