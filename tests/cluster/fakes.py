@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cluster.attempt import AttemptContext, AttemptResult
+from cluster.attempt import AttemptContext, AttemptResult, CoordinatorOptions
 from cluster.errors import DriverPreempted
 from storage import events
 from storage.checkpoints import CheckpointStore
@@ -39,6 +40,36 @@ def commit(
                 "finished": finished,
             },
         )
+
+
+def runner_without_ray(
+    monkeypatch: Any,
+    spec: Any,
+    trainer: Any,
+    emergency_stop: Callable[[AttemptContext, threading.Thread], Any],
+    lease_generation: int = 1,
+) -> tuple[Any, AttemptContext]:
+    """A real ``RayAttemptRunner`` (polling every 0.05 s) whose Ray session is never started,
+    whose ``build_trainer`` returns ``trainer`` and whose ``emergency_stop`` is the given one,
+    and the context of attempt 1 of ``spec``'s run."""
+    from cluster.ray.runner import RayAttemptRunner
+
+    runner = RayAttemptRunner(poll_s=0.05)
+    monkeypatch.setattr(runner, "ensure_ray", lambda ctx: None)
+    monkeypatch.setattr(runner, "build_trainer", lambda ctx: trainer)
+    monkeypatch.setattr(runner, "emergency_stop", emergency_stop)
+    loc = RunLocation.from_url(spec.run_url)
+    ctx = AttemptContext(
+        spec=spec,
+        run_url=loc.url,
+        location=loc,
+        attempt=1,
+        counts={},
+        stop=threading.Event(),
+        options=CoordinatorOptions(),
+        lease_generation=lease_generation,
+    )
+    return runner, ctx
 
 
 class FakeRunner:

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from cluster.attempt import AttemptContext, CoordinatorOptions
+from cluster.attempt import AttemptContext
 from cluster.errors import DriverPreempted
 from cluster.ray.runner import RayAttemptRunner
-from storage.location import RunLocation
 
+from .fakes import runner_without_ray
 from .test_coordinator import make_spec
 
 
@@ -38,7 +38,6 @@ class StoppableTrainer:
 def _stopped_runner(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, winds_down_after_s: float | None
 ) -> tuple[RayAttemptRunner, StoppableTrainer, AttemptContext]:
-    runner = RayAttemptRunner(poll_s=0.05)
     trainer = StoppableTrainer()
 
     def emergency_stop(ctx: AttemptContext, thread: threading.Thread) -> float:
@@ -46,20 +45,7 @@ def _stopped_runner(
             threading.Timer(winds_down_after_s, trainer.release.set).start()
         return time.time() + 10.0  # the grace's deadline
 
-    monkeypatch.setattr(runner, "ensure_ray", lambda ctx: None)
-    monkeypatch.setattr(runner, "build_trainer", lambda ctx: trainer)
-    monkeypatch.setattr(runner, "emergency_stop", emergency_stop)
-    loc = RunLocation.from_url(f"file://{tmp_path}/runs/job")
-    ctx = AttemptContext(
-        spec=make_spec(tmp_path),
-        run_url=loc.url,
-        location=loc,
-        attempt=1,
-        counts={},
-        stop=threading.Event(),
-        options=CoordinatorOptions(),
-        lease_generation=1,
-    )
+    runner, ctx = runner_without_ray(monkeypatch, make_spec(tmp_path), trainer, emergency_stop)
     ctx.stop.set()
     return runner, trainer, ctx
 

@@ -14,14 +14,13 @@ import pytest
 from cluster.attempt import AttemptContext, AttemptResult, CoordinatorOptions
 from cluster.cli import main
 from cluster.coordinator import Coordinator
-from cluster.ray.runner import RayAttemptRunner
 from storage.checkpoints import CheckpointStore
 from storage.errors import LeaseLostError, StaleWriterError
 from storage.lease import Lease
 from storage.location import RunLocation
 from storage.run_record import RunRecord
 
-from .fakes import commit
+from .fakes import commit, runner_without_ray
 from .test_coordinator import make_spec
 
 
@@ -75,21 +74,13 @@ class BlockingTrainer:
 def test_lost_lease_stops_without_an_emergency_save(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runner = RayAttemptRunner(poll_s=0.05)
     trainer = BlockingTrainer()
     saves: list[Any] = []
-    monkeypatch.setattr(runner, "ensure_ray", lambda ctx: None)
-    monkeypatch.setattr(runner, "build_trainer", lambda ctx: trainer)
-    monkeypatch.setattr(runner, "emergency_stop", lambda ctx, thread: saves.append(ctx))
-    loc = RunLocation.from_url(f"file://{tmp_path}/runs/job")
-    ctx = AttemptContext(
-        spec=make_spec(tmp_path),
-        run_url=loc.url,
-        location=loc,
-        attempt=1,
-        counts={},
-        stop=threading.Event(),
-        options=CoordinatorOptions(),
+    runner, ctx = runner_without_ray(
+        monkeypatch,
+        make_spec(tmp_path),
+        trainer,
+        lambda ctx, thread: saves.append(ctx),
         lease_generation=3,
     )
     ctx.lease_lost.set()
