@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import time
 from dataclasses import fields, replace
 from typing import Any
 
@@ -245,7 +246,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
             self.flag.install()
             self.watcher.ignore((self.restored_state or {}).get("preemption_notice"))
             self.watcher.start()
-            reason, _ = self._agree(0.0)
+            reason, _, _ = self._agree(0.0)
             self._schedule.begin(self.global_step)
             if reason:  # nothing trained in this attempt yet: nothing to save
                 self.state.end_before_training(reason)
@@ -353,35 +354,53 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
     def _boundary(self, g: int, epoch: int, step: int, epoch_end: bool) -> None:
         if not self.state.reach(g):
             return
-        reason = self._poll(g)
+        if self._periodic(g) or (epoch_end and self._save_at_epoch_end):
+            # one collective: the save's per-rank rows and, at once, the poll (so a save
+            # always polls, and a poll due here costs nothing more)
+            started = time.perf_counter()
+            reason, rows = self._poll(g, own_rows=self.state.own_rows())
+            if reason:
+                self.state.emergency_save(g, epoch, step, reason, rows=rows, started=started)
+                raise PreemptedError(g, reason)
+            self.state.save(g, epoch, step, finished=False, wait=False, rows=rows, started=started)
+            return
+        reason, _ = self._poll(g)
         if reason:
             self.state.emergency_save(g, epoch, step, reason)
             raise PreemptedError(g, reason)
-        if self._periodic(g) or (epoch_end and self._save_at_epoch_end):
-            self.state.save(g, epoch, step, finished=False, wait=False)
 
     def _periodic(self, g: int) -> bool:
         return type(self.save_freq) is int and g % self.save_freq == 0
 
-    def _poll(self, g: int) -> str:
-        """At the boundaries of the poll schedule (the same on every rank): the agreed notice."""
-        if not self._schedule.due(g):
-            return ""
-        reason, slowest_step_s = self._agree(self._schedule.step_seconds(g))
-        self._schedule.polled(g, slowest_step_s)
-        return reason
+    def _poll(self, g: int, own_rows: np.ndarray | None = None) -> tuple[str, np.ndarray | None]:
+        """At the boundaries of the poll schedule (the same on every rank), or when a save
+        gathers ``own_rows`` (every rank's, returned): the agreed notice ("" for none)."""
+        polling = bool(self._poll_steps)
+        if own_rows is None and not self._schedule.due(g):
+            return "", None
+        step_s = self._schedule.step_seconds(g) if polling else 0.0
+        reason, slowest_step_s, rows = self._agree(step_s, own_rows, check=polling)
+        if polling:
+            self._schedule.polled(g, slowest_step_s)
+        return reason, rows
 
-    def _agree(self, step_s: float) -> tuple[str, float]:
+    def _agree(
+        self, step_s: float, own_rows: np.ndarray | None = None, check: bool = True
+    ) -> tuple[str, float, np.ndarray | None]:
         """One collective: whether any rank saw a notice (this rank's reason, or
-        ``"peer-notice"``; "" for none), and the slowest rank's ``step_s``."""
-        notice = self.watcher.check()
+        ``"peer-notice"``; "" for none), the slowest rank's ``step_s``, and every rank's
+        ``own_rows`` when given; ``check``: look at the notice watcher (else: no notice)."""
+        notice = self.watcher.check() if check else None
         local = ""
         if notice is not None and (notice.text is None or self.state.note_notice(notice.text)):
             local = notice.reason
-        rows = st.gather_rows(
-            self.model.distribute_strategy, np.array([1.0 if local else 0.0, step_s])
+        head = np.array([1.0 if local else 0.0, step_s])
+        gathered = st.gather_rows(
+            self.model.distribute_strategy,
+            head if own_rows is None else np.concatenate([head, own_rows]),
         )
-        slowest = float(rows[:, 1].max())
-        if rows[:, 0].max() > 0:
-            return local or "peer-notice", slowest
-        return "", slowest
+        rows = None if own_rows is None else gathered[:, 2:]
+        slowest = float(gathered[:, 1].max())
+        if gathered[:, 0].max() > 0:
+            return local or "peer-notice", slowest, rows
+        return "", slowest, rows

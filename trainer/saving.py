@@ -2,10 +2,12 @@
 write to local files and the commit in the background.
 
 Blocking, at the boundary (``SaveStats.last_blocked_s``): the manifest state, the per-rank rows
-(a collective), the snapshot's reads (a collective) and, on the chief, the copy into host
-memory (:mod:`trainer.snapshot`). In the background: ``SaveV2`` into a fresh local directory
-(:class:`trainer.snapshot.SnapshotWriter`), then upload, checksums and manifest
-(:class:`storage.committer.AsyncCommitter`). Other ranks write no files.
+(one collective, which also carries the preemption poll), and the snapshot's reads along a
+plan made once per object graph (:mod:`trainer.snapshot_plan`: one read per CPU variable; a
+collective for ON_READ ones), which hold the variables' buffers. In the background, on the
+chief: the copy into host memory (:meth:`trainer.snapshot.Snapshot.settle`), ``SaveV2`` into
+a fresh local directory (:class:`trainer.snapshot.SnapshotWriter`), then upload, checksums and
+manifest (:class:`storage.committer.AsyncCommitter`). Other ranks write no files.
 
 When a save comes while the previous snapshot is still in flight (being written to local
 files, not uploaded), it *waits* for that write to end (counted in ``SaveStats.waited``, shown by
@@ -42,6 +44,7 @@ from trainer.backup_options import BackupOptions
 from trainer.model_io import CKPT_PREFIX, ModelParts
 from trainer.saved_state import SaveStats
 from trainer.snapshot import HostBuffers, Snapshot, SnapshotWriter
+from trainer.snapshot_plan import SnapshotPlans
 
 
 class Saver:
@@ -65,6 +68,7 @@ class Saver:
         self.committer: AsyncCommitter | None = None
         self.writer: SnapshotWriter | None = None
         self.buffers = HostBuffers()  # the chief's snapshots, one at a time, copy into these
+        self.plans = SnapshotPlans()  # what the object graph holds, found at the first save
 
     def start_async(self) -> bool:
         """Commit in the background from now on; True when this call started it."""
@@ -75,6 +79,12 @@ class Saver:
         if self.options.snapshot:
             self.writer = SnapshotWriter(self._hand_on, self.options.local_tmp_dir)
         return True
+
+    def prepare(self, checkpoint: Any) -> None:
+        """Plan what snapshots read (a collective where ON_READ variables are read: every rank
+        calls it), so that the first save is as quick as the next ones."""
+        if self.options.snapshot and snapshot.hooks_available(checkpoint):
+            self.plans.serialize(checkpoint)
 
     @property
     def in_flight(self) -> bool:
@@ -101,7 +111,12 @@ class Saver:
         if self.options.snapshot:
             keep = self.is_chief
             snap = snapshot.take(
-                parts.checkpoint, g, rows if keep else None, keep=keep, buffers=self.buffers
+                parts.checkpoint,
+                g,
+                rows if keep else None,
+                keep=keep,
+                buffers=self.buffers,
+                plans=self.plans,
             )
         if snap is None:
             self._save_blocking(g, parts, state, rows, t0)
@@ -115,7 +130,7 @@ class Saver:
             else:
                 local_dir = self._mkdtemp(g)
                 try:
-                    snap.write(local_dir)
+                    snap.write(local_dir, settle=False)  # training waits: no copy
                     manifest = self._store().commit(
                         g, local_dir, state, report=report, consume=True
                     )

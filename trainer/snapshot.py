@@ -1,29 +1,38 @@
 """In-memory checkpoint snapshots: taken at a step boundary (the only part of a save that
-blocks training), written to local files and committed in the background.
+blocks training), copied, written to local files and committed in the background.
 
 A :class:`Snapshot` holds what ``tf.train.Checkpoint.write`` would write for
 :func:`trainer.model_io.checkpoint_of` (model, optimizer, random generators): every tensor of
-the checkpoint's object graph under its checkpoint key, read at the boundary and copied into
-host memory (a CPU variable: a copy of its buffer; a GPU one: the device-to-host copy TF's own
-save makes), the serialized object graph, and the per-rank rows (``RANKS_PREFIX``).
-:meth:`Snapshot.write` writes them with ``SaveV2`` as one tensor bundle: the same files,
-keys and object graph as ``Checkpoint.write`` (pinned byte for byte by
-``tests/trainer/test_trainer_snapshot.py``), so every reader of a checkpoint reads it as before.
+the checkpoint's object graph under its checkpoint key, the serialized object graph, and the
+per-rank rows (``RANKS_PREFIX``). :meth:`Snapshot.write` writes them with ``SaveV2`` as one
+tensor bundle: the same files, keys and object graph as ``Checkpoint.write`` (pinned byte for
+byte by ``tests/trainer/test_trainer_snapshot.py``), so every reader of a checkpoint reads it as
+before.
 
-Every rank takes a snapshot (reading ON_READ variables is a collective); only a rank that
-keeps it (the chief) copies the values; the others write nothing.
+At the boundary a snapshot only *holds* each CPU variable's current buffer (a NumPy view of
+the tensor a read returns; no copy): TensorFlow copies a variable's buffer before updating it
+while another reference to it is alive (copy on write, in every update kernel: dense, sparse
+and XLA-compiled; pinned by the tests), so the held values stay those of the boundary.
+:meth:`Snapshot.settle` then copies them into host memory on the writer thread, while the next
+step runs its forward and backward passes; once it lets go, the optimizer updates in place
+again. A variable the next step updates before the copy reached it is copied by that step
+instead (TF's copy on write), never lost. GPU variables get the device-to-host copy TF's own
+save makes, at the boundary. Every rank takes a snapshot (reading ON_READ variables is a
+collective); only a rank that keeps it (the chief) holds the values; the others write
+nothing. What to read is found once per object graph (:mod:`trainer.snapshot_plan`).
 
 Memory: the chief keeps one set of host buffers the checkpoint's size (``nbytes``: the bytes
 of ``ckpt.data-*`` + ``ranks.data-*``) for the whole run (:class:`HostBuffers`): every snapshot
 copies into the same buffers, which are free again once the previous snapshot is written (a
 save waits for that). Fresh buffers cost a page fault per page on every save (a 60 MB copy
 took ~35 ms fresh vs ~12 ms into warm buffers here); the copy runs on up to
-``COPY_THREADS`` threads (NumPy releases the GIL while copying).
+``COPY_THREADS`` threads (NumPy releases the GIL while copying). Until a snapshot is settled,
+a variable updated meanwhile briefly exists twice (its held and its new buffer).
 
-:class:`SnapshotWriter` owns the one background thread that writes a snapshot into a fresh
-local directory and hands it on (to :class:`storage.committer.AsyncCommitter`, whose uploads
-coalesce: a newer directory supersedes a waiting one). At most one snapshot is in flight:
-:attr:`SnapshotWriter.busy` says a save coming now finds one (it waits).
+:class:`SnapshotWriter` owns the one background thread that settles a snapshot, writes it into
+a fresh local directory and hands it on (to :class:`storage.committer.AsyncCommitter`, whose
+uploads coalesce: a newer directory supersedes a waiting one). At most one snapshot is in
+flight: :attr:`SnapshotWriter.busy` says a save coming now finds one (it waits).
 
 Private TF hooks (TF 2.21): ``Checkpoint._saver._gather_serialized_tensors``
 (``tensorflow/python/checkpoint/checkpoint.py``) and ``SaveSpec``
@@ -40,7 +49,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +58,7 @@ import numpy as np
 
 from trainer import env  # noqa: F401
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX
+from trainer.snapshot_plan import SnapshotPlans
 
 import tensorflow as tf  # isort: skip
 
@@ -73,7 +83,7 @@ def hooks_available(checkpoint: tf.train.Checkpoint) -> bool:
 
 @dataclass
 class Snapshot:
-    """A checkpoint's tensors in host memory (see the module docstring)."""
+    """A checkpoint's tensors, held at a step boundary (see the module docstring)."""
 
     step: int
     keys: list[tuple[str, str]]  # (checkpoint key, slice spec), in bundle order
@@ -81,14 +91,39 @@ class Snapshot:
     rows: np.ndarray | None  # every rank's ON_READ copies, one row per rank
     nbytes: int
     taken_at: float = field(default_factory=time.monotonic)
+    #: (index in values, a view of a variable's own buffer) not yet copied (:meth:`settle`)
+    held: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    buffers: HostBuffers | None = None  # where :meth:`settle` copies them; None: fresh arrays
 
-    def write(self, local_dir: str) -> None:
-        """Write ``CKPT_PREFIX.*`` (and ``RANKS_PREFIX.*``) into ``local_dir``."""
+    def settle(self) -> None:
+        """Copy the held buffers into host memory and let go of them (so the next update of
+        those variables happens in place again). Safe at any time: until then, TensorFlow
+        copies a variable before updating it (copy on write)."""
+        if not self.held:
+            return
+        items = [(self.keys[i], view) for i, view in self.held]
+        if self.buffers is not None:
+            copies = self.buffers.copy(items)
+        else:
+            copies = [np.array(view, copy=True) for _, view in items]
+        for (i, _), copied in zip(self.held, copies, strict=True):
+            self.values[i] = copied
+        self.held = []
+
+    def write(self, local_dir: str, settle: bool = True) -> None:
+        """Write ``CKPT_PREFIX.*`` (and ``RANKS_PREFIX.*``) into ``local_dir``; ``settle``:
+        copy the held buffers first (``False``, when training waits for the write: straight
+        from them)."""
+        if settle:
+            self.settle()
+        values = list(self.values)
+        for i, view in self.held:
+            values[i] = view
         tf.raw_ops.SaveV2(
             prefix=os.path.join(local_dir, CKPT_PREFIX),
             tensor_names=[k for k, _ in self.keys],
             shape_and_slices=[s for _, s in self.keys],
-            tensors=[tf.convert_to_tensor(v) for v in self.values],
+            tensors=[tf.convert_to_tensor(v) for v in values],
         )
         if self.rows is not None:
             write_rows(local_dir, self.rows)
@@ -118,7 +153,7 @@ class HostBuffers:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in self._arrays.values())
 
-    def copy(self, items: list[tuple[Hashable, np.ndarray]]) -> list[np.ndarray]:
+    def copy(self, items: Sequence[tuple[Hashable, np.ndarray]]) -> list[np.ndarray]:
         """Copies of ``items`` (key, host array) in those keys' buffers, in order."""
         out, large = [], []
         for key, src in items:
@@ -150,21 +185,27 @@ def take(
     rows: np.ndarray | None,
     keep: bool,
     buffers: HostBuffers | None = None,
+    plans: SnapshotPlans | None = None,
 ) -> Snapshot | None:
     """Read every tensor of ``checkpoint`` now (a collective: every rank calls it); ``keep``:
     copy the values into a :class:`Snapshot` (into ``buffers`` when given; else fresh arrays),
-    else they are read and dropped, and an empty snapshot returned. None: this checkpoint
+    else they are read and dropped, and an empty snapshot returned. ``plans``: reuse what the
+    last save found in the object graph (:mod:`trainer.snapshot_plan`). None: this checkpoint
     cannot be snapshot (see the module docstring), decided from its structure alone, so the
     same on every rank."""
     if not hooks_available(checkpoint):
         return None
-    serialized, _, registered, _ = checkpoint._saver._gather_serialized_tensors(None)
+    if plans is not None:
+        tensor_dicts, registered = plans.serialize(checkpoint)
+    else:
+        serialized, _, registered, _ = checkpoint._saver._gather_serialized_tensors(None)
+        tensor_dicts = list(serialized.values())
     if registered:
         return None
     keys: list[tuple[str, str]] = []
     specs: list[Any] = []
     tasks = set()
-    for tensor_dict in serialized.values():
+    for tensor_dict in tensor_dicts:
         for key, by_slice in tensor_dict.items():
             if not isinstance(by_slice, dict):
                 by_slice = {"": by_slice}
@@ -182,8 +223,7 @@ def take(
     if len(tasks) > 1:
         return None
     values: list[Any] = []
-    # (index in values, a view of a CPU tensor's buffer, the tensor: alive until copied)
-    to_copy: list[tuple[int, np.ndarray, tf.Tensor]] = []
+    held: list[tuple[int, np.ndarray]] = []  # views of CPU tensors' buffers: copied later
     for i, spec in enumerate(specs):
         value = spec.tensor if isinstance(spec, SaveSpec) else spec
         if callable(value):
@@ -195,19 +235,23 @@ def take(
             values.append(_host_copy(value, getattr(spec, "device", None)))
         else:
             values.append(None)
-            to_copy.append((i, view, value))
+            held.append((i, view))  # the view keeps the tensor's buffer alive
     if not keep:
         return Snapshot(step, [], [], None, 0)
-    if buffers is not None:
-        copies = buffers.copy([(keys[i], view) for i, view, _ in to_copy])
-    else:
-        copies = [np.array(view, copy=True) for _, view, _ in to_copy]
-    for (i, _, _), copied in zip(to_copy, copies, strict=True):
-        values[i] = copied
     nbytes = 0 if rows is None else int(rows.nbytes)
     nbytes += sum(int(getattr(v, "nbytes", 0) or 0) for v in values)
+    nbytes += sum(int(view.nbytes) for _, view in held)
     order = sorted(range(len(keys)), key=lambda i: keys[i])
-    return Snapshot(step, [keys[i] for i in order], [values[i] for i in order], rows, nbytes)
+    position = {old: new for new, old in enumerate(order)}
+    return Snapshot(
+        step,
+        [keys[i] for i in order],
+        [values[i] for i in order],
+        rows,
+        nbytes,
+        held=[(position[i], view) for i, view in held],
+        buffers=buffers,
+    )
 
 
 def _cpu_view(value: Any, device: Any) -> np.ndarray | None:
@@ -302,6 +346,7 @@ class SnapshotWriter:
                 snapshot, meta = self._job
             local_dir = ""
             try:
+                snapshot.settle()  # first: the next step may update these variables
                 local_dir = tempfile.mkdtemp(
                     prefix=f"spotrain-{snapshot.step:012d}-", dir=self._tmp_dir
                 )

@@ -140,33 +140,46 @@ _GATHER_FNS: dict[int, Any] = {}
 
 
 def _gather_fn(strategy: tf.distribute.Strategy) -> Any:
-    """One tf.function per strategy: ``strategy.gather`` in eager mode retraces its collective
-    on every call (~0.1-0.2 s each on CPU), which made every save and poll slow."""
+    """One tf.function per strategy (``strategy.gather`` in eager mode retraced its collective
+    on every call, ~0.1-0.2 s each on CPU). It all-reduces (sums) a [replicas, n] int64 matrix
+    in which each replica fills only its own row with its values' bit patterns: one collective
+    (an all-gather is two in MultiWorkerMirroredStrategy, the sizes first: 8 ms vs 4.5 ms per
+    call with 2 CPU workers), and exact for every float64 (-0.0 and NaN payloads included:
+    adding 0 to an integer changes no bit)."""
     fn = _GATHER_FNS.get(id(strategy))
     if fn is None:
+        replicas = strategy.num_replicas_in_sync
 
-        def replica_fn(value: tf.Tensor) -> tf.Tensor:
+        def replica_fn(bits: tf.Tensor) -> tf.Tensor:
+            ctx = tf.distribute.get_replica_context()
+            rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
             # identity under the replica's device scope: a tf.function argument has no device,
             # and the collective needs one ("destinations can not be empty")
-            return tf.distribute.get_replica_context().all_gather(tf.identity(value), axis=0)
+            own = tf.scatter_nd(
+                tf.reshape(rid, [1, 1]), tf.identity(bits), [replicas, tf.shape(bits)[1]]
+            )
+            return ctx.all_reduce(tf.distribute.ReduceOp.SUM, own)
 
         @tf.function(reduce_retracing=True)
-        def fn(value: tf.Tensor) -> Any:
-            return strategy.run(replica_fn, args=(value,))
+        def fn(bits: tf.Tensor) -> Any:
+            return strategy.run(replica_fn, args=(bits,))
 
         _GATHER_FNS[id(strategy)] = fn
     return fn
 
 
 def gather_rows(strategy: tf.distribute.Strategy, row: np.ndarray) -> np.ndarray:
-    """All-gather one float64 vector per rank -> array [world, n] (a collective: every rank
-    must call it, in the same order). One replica per worker is assumed (Ray Train: one
-    worker per device)."""
+    """All-gather one float64 vector per rank -> array [world, n], bit for bit (a collective:
+    every rank must call it, in the same order). One replica per worker is assumed (Ray Train:
+    one worker per device)."""
     if not is_multi_worker(strategy):
         return np.asarray(row, np.float64)[None]
-    out = _gather_fn(strategy)(tf.constant(np.asarray(row, np.float64)[None]))
-    gathered = strategy.experimental_local_results(out)[0].numpy()
     local = max(1, strategy.num_replicas_in_sync // strategy.extended._num_workers)
+    bits = np.ascontiguousarray(row, np.float64).view(np.int64)[None]
+    if bits.size == 0:  # every rank has no values (the same model): nothing to exchange
+        return np.zeros((strategy.num_replicas_in_sync // local, 0), np.float64)
+    out = _gather_fn(strategy)(tf.constant(bits))
+    gathered = strategy.experimental_local_results(out)[0].numpy().view(np.float64)
     return gathered[::local]
 
 

@@ -208,6 +208,7 @@ class WorkerTrainingState:
                     )
         if self.worker.is_chief:
             self._attempt()  # read now: an emergency save later has a deadline
+        self._saver.prepare(self._parts.checkpoint)  # the first save then blocks no longer
         self._global_step = self._last_boundary = self.initial_global_step
         return state
 
@@ -294,12 +295,29 @@ class WorkerTrainingState:
         """Wait (this rank only, no collective) until a background save is durable."""
         self._saver.wait(self.options.commit_timeout_s)
 
-    def save(self, g: int, epoch: int, step: int, finished: bool, wait: bool) -> None:
+    def own_rows(self) -> np.ndarray:
+        """This rank's copies of the ON_READ variables, as a save gathers them."""
+        assert self._parts is not None, "restore() first"
+        return st.flatten_locals(self._parts.on_read)
+
+    def save(
+        self,
+        g: int,
+        epoch: int,
+        step: int,
+        finished: bool,
+        wait: bool,
+        rows: np.ndarray | None = None,
+        started: float | None = None,
+    ) -> None:
         """Save step ``g`` (a collective: every rank calls it); ``wait``: until it is committed,
-        on every rank, which then all fail together if the chief's commit failed."""
+        on every rank, which then all fail together if the chief's commit failed. ``rows``:
+        every rank's :meth:`own_rows`, when the caller gathered them already (at ``started``,
+        a ``perf_counter``: the save's blocked time counts from there)."""
         assert self._model is not None and self._parts is not None, "restore() first"
         strategy = self._model.distribute_strategy
-        started = time.perf_counter()  # the save's blocked time starts here
+        if started is None:
+            started = time.perf_counter()  # the save's blocked time starts here
         state = manifest_state(
             ManifestPosition(g, epoch, step, self._spe, finished),
             self.options,
@@ -309,7 +327,8 @@ class WorkerTrainingState:
             model_io.train_counter(self._model),
             self._notice,
         )
-        rows = st.gather_rows(strategy, st.flatten_locals(self._parts.on_read))
+        if rows is None:
+            rows = st.gather_rows(strategy, self.own_rows())
         ok = True
         error: BaseException | None = None
         try:
@@ -330,9 +349,17 @@ class WorkerTrainingState:
             raise error
         raise TrainerError(f"the chief could not commit step {g}; see the chief's log")
 
-    def emergency_save(self, g: int, epoch: int, step: int, reason: str) -> None:
+    def emergency_save(
+        self,
+        g: int,
+        epoch: int,
+        step: int,
+        reason: str,
+        rows: np.ndarray | None = None,
+        started: float | None = None,
+    ) -> None:
         """Save for a preemption: wait for the commit, record a ``preemption`` event."""
-        self.save(g, epoch, step, finished=False, wait=True)
+        self.save(g, epoch, step, finished=False, wait=True, rows=rows, started=started)
         if self.worker.is_chief:
             with events.best_effort():
                 events.write_preemption(self.store.record, step=g, reason=reason, **self._attempt())

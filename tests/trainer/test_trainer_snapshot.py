@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from storage.checkpoints import CheckpointStore
 from tests.trainer import slow_upload
-from trainer import snapshot
+from trainer import snapshot, snapshot_plan
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, checkpoint_of, load_committed_model
 
 import tensorflow as tf  # isort: skip
@@ -72,13 +73,16 @@ def test_snapshots_copy_into_the_same_host_buffers(tmp_path: Path) -> None:
     buffers = snapshot.HostBuffers(threads=2)
     first = snapshot.take(ckpt, 1, None, keep=True, buffers=buffers)
     assert first is not None
+    first.settle()
     kernel = m.layers[0].kernel.numpy()
     m.fit(np.ones((8, 600)), np.ones((8, 600)), verbose=0)  # the variables change...
     assert not np.array_equal(kernel, m.layers[0].kernel.numpy())
     ckpt.write(str(tmp_path / "ref" / CKPT_PREFIX))
     (tmp_path / "snap").mkdir()
     second = snapshot.take(ckpt, 2, None, keep=True, buffers=buffers)
-    assert second is not None and second.nbytes == buffers.nbytes > 600 * 600 * 4 * 3
+    assert second is not None and second.held  # held, copied by the writer thread
+    second.settle()
+    assert not second.held and second.nbytes == buffers.nbytes > 600 * 600 * 4 * 3
     numeric = [i for i, v in enumerate(second.values) if isinstance(v, np.ndarray) and v.size > 1]
     assert numeric and all(second.values[i] is first.values[i] for i in numeric)  # same arrays
     m.fit(np.ones((8, 600)), np.zeros((8, 600)), verbose=0)  # ...and not the snapshot
@@ -91,6 +95,78 @@ def test_snapshots_copy_into_the_same_host_buffers(tmp_path: Path) -> None:
     assert all(np.array_equal(got[k][1], ref[k][1]) for k in ref)
     buffers.close()
     assert buffers.nbytes == 0
+
+
+@pytest.mark.parametrize("update", ["dense-xla", "sparse"])
+def test_held_values_stay_those_of_the_boundary_while_training_runs(
+    tmp_path: Path, update: str
+) -> None:
+    """A snapshot holds the variables' own buffers until the writer thread copies them;
+    TensorFlow's copy on write keeps them intact through XLA-compiled and sparse updates too."""
+    if update == "sparse":
+        m = tf.keras.Sequential(
+            [
+                tf.keras.Input((2,), dtype="int32"),
+                tf.keras.layers.Embedding(10, 4),
+                tf.keras.layers.Flatten(),
+                tf.keras.layers.Dense(1),
+            ]
+        )
+        m.compile(tf.keras.optimizers.SGD(0.1), loss="mse")
+        x = np.ones((16, 2), "int32")
+    else:
+        m = tf.keras.Sequential([tf.keras.Input((6,)), tf.keras.layers.Dense(8)])
+        m.compile(tf.keras.optimizers.Adam(0.1), loss="mse", jit_compile=True)
+        x = np.ones((16, 6), "float32")
+    m.fit(x, np.zeros((16, m.output_shape[-1])), verbose=0)
+    ckpt = checkpoint_of(m)
+    ckpt.write(str(tmp_path / "ref" / CKPT_PREFIX))
+    snap = snapshot.take(ckpt, 1, None, keep=True)
+    assert snap is not None and snap.held
+    before = [np.copy(v) for v in m.get_weights()]
+    m.fit(x, np.ones((16, m.output_shape[-1])), epochs=2, verbose=0)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, m.get_weights(), strict=True))
+    (tmp_path / "snap").mkdir()
+    snap.write(str(tmp_path / "snap"))  # settles now, after the updates
+    ref, got = (
+        _bundle(str(tmp_path / "ref" / CKPT_PREFIX)),
+        _bundle(str(tmp_path / "snap" / CKPT_PREFIX)),
+    )
+    assert sorted(ref) == sorted(got)
+    assert all(np.array_equal(got[k][1], ref[k][1]) for k in ref)
+
+
+def _assert_writes_as_checkpoint(ckpt: tf.train.Checkpoint, snap: Any, base: Path) -> int:
+    """``snap`` writes the bundle ``ckpt.write`` writes now; returns its number of keys."""
+    ckpt.write(str(base / "ref" / CKPT_PREFIX))
+    (base / "snap").mkdir(parents=True)
+    snap.write(str(base / "snap"))
+    ref, got = _bundle(str(base / "ref" / CKPT_PREFIX)), _bundle(str(base / "snap" / CKPT_PREFIX))
+    assert sorted(ref) == sorted(got)
+    for key, (dtype, value) in ref.items():
+        assert got[key][0] == dtype and np.array_equal(got[key][1], value), key
+    return len(ref)
+
+
+def test_a_plan_is_reused_until_the_object_graph_changes(tmp_path: Path) -> None:
+    m = tf.keras.Sequential(
+        [tf.keras.Input((6,)), tf.keras.layers.Dense(8), tf.keras.layers.BatchNormalization()]
+    )
+    m.compile(tf.keras.optimizers.Adam(), loss="mse")  # no slots yet: built by the first step
+    ckpt = checkpoint_of(m)
+    plans = snapshot_plan.SnapshotPlans()
+    first = snapshot.take(ckpt, 1, None, keep=True, plans=plans)
+    assert plans.builds == 1 and plans.plan is not None
+    assert any(r.variables for r in plans.plan.readers)  # the kernels are read directly
+    keys_before = _assert_writes_as_checkpoint(ckpt, first, tmp_path / "1")
+    m.layers[0].kernel.assign_add(tf.ones_like(m.layers[0].kernel))  # values change...
+    second = snapshot.take(ckpt, 2, None, keep=True, plans=plans)
+    assert plans.builds == 1  # ...the graph does not: the plan is reused
+    _assert_writes_as_checkpoint(ckpt, second, tmp_path / "2")
+    m.fit(np.ones((16, 6)), np.zeros((16, 8)), verbose=0)  # Adam creates its slots
+    third = snapshot.take(ckpt, 3, None, keep=True, plans=plans)
+    assert plans.builds == 2  # new objects in the graph: planned again
+    assert _assert_writes_as_checkpoint(ckpt, third, tmp_path / "3") > keys_before
 
 
 def test_training_continues_while_an_upload_is_slow(tmp_path: Path) -> None:
