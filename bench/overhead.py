@@ -19,7 +19,9 @@ and the final save at train end are outside it):
 Per variant: the ratio of its steps/s to plain's in the same round, pair by pair; its median
 and a bootstrap 95 % interval (overhead = 1 - ratio); the median time a save blocked a step
 (spotrain: its SaveStats; stock and Ray: the time inside their save hook on rank 0); and the
-spotrain/anchor ratio of the overheads. ``--quick``: a tiny model and 2 rounds (a smoke test).
+spotrain/anchor ratio of the overheads; and the cores the SeaweedFS server itself used during the
+variant's segments (it runs on the same machine as the workers, which a remote store would not:
+on a 2-core machine 0.2 cores is a tenth of the machine taken from training). ``--quick``: a tiny model and 2 rounds (a smoke test).
 Run: ``python bench/overhead.py [--rounds 12 --save-every 10] [--json]``.
 """
 
@@ -174,8 +176,12 @@ def bench_worker(cfg: dict[str, Any]) -> None:
                 cb = TimedRay(checkpoint_on="epoch_end", report_metrics_on="epoch_end")
                 cb.upload_async = v == "ray-async"
                 cbs.append(cb)
+            server_cpu0, wall0 = server_cpu_s(cfg["server_pid"]), time.perf_counter()
             model.fit(
                 inp.distribute(strategy), epochs=3, steps_per_epoch=n, callbacks=cbs, verbose=0
+            )
+            server_cores = (server_cpu_s(cfg["server_pid"]) - server_cpu0) / (
+                time.perf_counter() - wall0
             )
             # stock BackupAndRestore.on_train_end does `del model._training_state`, which
             # breaks the next fit of the same model (tf-keras 2.21): put the attribute back
@@ -186,12 +192,23 @@ def bench_worker(cfg: dict[str, Any]) -> None:
                 blocked = list(TimedStock.blocked)
             elif v.startswith("ray"):
                 blocked = list(TimedRay.blocked)
-            r = results.setdefault(v, {"steps_per_s": [], "blocked_s": []})
+            r = results.setdefault(v, {"steps_per_s": [], "blocked_s": [], "server_cores": []})
+            r["server_cores"].append(server_cores)
             r["steps_per_s"].append((timer.batches - 1) / (timer.t1 - timer.t0))
             r["blocked_s"].extend(blocked)
     shutil.rmtree(base, ignore_errors=True)
     if worker.rank == 0:
         Path(cfg["out"]).write_text(json.dumps(results))
+
+
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds the S3 server process has used (0 without one): it shares this machine's
+    cores with the workers, which a remote object store would not."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def pair_stats(ratios: list[float], samples: int = 2000, seed: int = 0) -> dict[str, float]:
@@ -219,6 +236,7 @@ def summarize(results: dict[str, dict[str, list[float]]], variants: list[str]) -
             statistics.median(r["blocked_s"]) * 1e3 if r["blocked_s"] else None
         )
         row["saves"] = len(r["blocked_s"])
+        row["server_cores"] = statistics.median(r.get("server_cores") or [0.0])
         out[v] = row
     return out
 
@@ -289,6 +307,7 @@ def main() -> int:
             "shared_dir": str(tmp / "runs"),
             "s3_base": s3_base,
             "s3_options": s3_options,
+            "server_pid": server.proc.pid if server is not None else 0,
             "out": str(out),
         }
         t0 = time.time()
@@ -335,7 +354,7 @@ def main() -> int:
     )
     print(
         f"{'variant':14s} {'steps/s':>8s} {'ratio vs plain [95% CI]':>26s} {'overhead':>9s} "
-        f"{'blocked/save':>13s} {'saves':>6s}"
+        f"{'blocked/save':>13s} {'saves':>6s} {'S3 server CPU':>14s}"
     )
     for v in variants:
         row = summary[v]
@@ -344,7 +363,11 @@ def main() -> int:
         over = f"{row['overhead_pct']:8.1f}%" if ratio else f"{'-':>9s}"
         blk = row["blocked_ms_median"]
         blk_s = f"{blk:10.1f} ms" if blk is not None else f"{'-':>13s}"
-        print(f"{v:14s} {row['steps_per_s']:8.2f} {ci:>26s} {over} {blk_s} {row['saves']:6d}")
+        server = f"{row['server_cores']:9.2f} cores" if row["server_cores"] >= 0.005 else ""
+        print(
+            f"{v:14s} {row['steps_per_s']:8.2f} {ci:>26s} {over} {blk_s} {row['saves']:6d} "
+            f"{server:>14s}"
+        )
     for mine in ("spotrain-s3", "spotrain-file"):
         if mine not in summary:
             continue

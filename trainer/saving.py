@@ -4,20 +4,19 @@ write to local files and the commit in the background.
 Blocking, at the boundary (``SaveStats.last_blocked_s``): the manifest state, the per-rank rows
 (one collective, which also carries the preemption poll), and the snapshot's reads along a
 plan made once per object graph (:mod:`trainer.snapshot_plan`: one read per CPU variable; a
-collective for ON_READ ones), which hold the variables' buffers. In the background, on the
-chief: the copy into host memory (:meth:`trainer.snapshot.Snapshot.settle`), ``SaveV2`` into
-a fresh local directory (:class:`trainer.snapshot.SnapshotWriter`), then upload, checksums and
-manifest (:class:`storage.committer.AsyncCommitter`). Other ranks write no files.
+collective for ON_READ ones), which hold the variables' buffers (no copy). In the background,
+on the chief: ``SaveV2`` from those buffers into a fresh local directory
+(:class:`trainer.snapshot.SnapshotWriter`), then upload, checksums and manifest
+(:class:`storage.committer.AsyncCommitter`). Other ranks write no files.
 
 When a save comes while the previous snapshot is still in flight (being written to local
 files, not uploaded), it *waits* for that write to end (counted in ``SaveStats.waited``, shown by
 ``spotrain status``; the wait is part of its blocked time), so every save step is snapshotted as
 with the blocking path. Uploads *coalesce*: a written snapshot waiting behind a running upload
 is superseded by a newer one (its local directory deleted, never uploaded).
-Memory: on the chief, one set of host buffers the checkpoint's size, kept from save to save
-(:class:`trainer.snapshot.HostBuffers`: reused buffers make the copy ~3x faster than fresh
-ones) and freed when the saves close, plus up to two local directories (one uploading, one
-waiting) on ``local_tmp_dir``'s disk.
+Memory: no copy of the state (see :mod:`trainer.snapshot`: a variable updated while its
+snapshot is written exists twice until then), plus up to two local directories (one uploading,
+one waiting) on ``local_tmp_dir``'s disk.
 
 Without background commits (``async_upload=False``) the chief writes and commits in the call.
 Where a snapshot cannot be taken (:func:`trainer.snapshot.take` returns None), every rank
@@ -43,7 +42,7 @@ from trainer import backup_dir, snapshot
 from trainer.backup_options import BackupOptions
 from trainer.model_io import CKPT_PREFIX, ModelParts
 from trainer.saved_state import SaveStats
-from trainer.snapshot import HostBuffers, Snapshot, SnapshotWriter
+from trainer.snapshot import Snapshot, SnapshotWriter
 from trainer.snapshot_plan import SnapshotPlans
 
 
@@ -67,7 +66,6 @@ class Saver:
         self._attempt = attempt
         self.committer: AsyncCommitter | None = None
         self.writer: SnapshotWriter | None = None
-        self.buffers = HostBuffers()  # the chief's snapshots, one at a time, copy into these
         self.plans = SnapshotPlans()  # what the object graph holds, found at the first save
 
     def start_async(self) -> bool:
@@ -115,7 +113,6 @@ class Saver:
                 g,
                 rows if keep else None,
                 keep=keep,
-                buffers=self.buffers,
                 plans=self.plans,
             )
         if snap is None:
@@ -130,7 +127,7 @@ class Saver:
             else:
                 local_dir = self._mkdtemp(g)
                 try:
-                    snap.write(local_dir, settle=False)  # training waits: no copy
+                    snap.write(local_dir)
                     manifest = self._store().commit(
                         g, local_dir, state, report=report, consume=True
                     )
@@ -165,7 +162,6 @@ class Saver:
                     writer.close(0.0)
         finally:
             self.writer = self.committer = None
-            self.buffers.close()  # a snapshot still being written keeps its own arrays
             backup_dir.unregister(self._store().url, self)
             if wait:
                 committer.close(timeout_s)

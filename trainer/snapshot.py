@@ -9,30 +9,26 @@ tensor bundle: the same files, keys and object graph as ``Checkpoint.write`` (pi
 byte by ``tests/trainer/test_trainer_snapshot.py``), so every reader of a checkpoint reads it as
 before.
 
-At the boundary a snapshot only *holds* each CPU variable's current buffer (a NumPy view of
-the tensor a read returns; no copy): TensorFlow copies a variable's buffer before updating it
+At the boundary a snapshot only *holds* each CPU variable's current buffer (the tensor a read
+returns shares it; no copy), and the writer thread writes the bundle straight from those
+buffers while the next step runs. TensorFlow copies a variable's buffer before updating it
 while another reference to it is alive (copy on write, in every update kernel: dense, sparse
-and XLA-compiled; pinned by the tests), so the held values stay those of the boundary.
-:meth:`Snapshot.settle` then copies them into host memory on the writer thread, while the next
-step runs its forward and backward passes; once it lets go, the optimizer updates in place
-again. A variable the next step updates before the copy reached it is copied by that step
-instead (TF's copy on write), never lost. GPU variables get the device-to-host copy TF's own
-save makes, at the boundary. Every rank takes a snapshot (reading ON_READ variables is a
-collective); only a rank that keeps it (the chief) holds the values; the others write
-nothing. What to read is found once per object graph (:mod:`trainer.snapshot_plan`).
+and XLA-compiled; pinned by the tests), so the held values stay those of the boundary, and a
+variable the next step updates before the write is done is copied by that step (the cost a
+copy at the boundary would have had), never changed under the write. Once written, the
+snapshot lets go and the optimizer updates in place again. GPU variables get the
+device-to-host copy TF's own save makes, at the boundary. Every rank takes a snapshot (reading
+ON_READ variables is a collective); only a rank that keeps it (the chief) holds the values;
+the others write nothing. What to read is found once per object graph
+(:mod:`trainer.snapshot_plan`).
 
-Memory: the chief keeps one set of host buffers the checkpoint's size (``nbytes``: the bytes
-of ``ckpt.data-*`` + ``ranks.data-*``) for the whole run (:class:`HostBuffers`): every snapshot
-copies into the same buffers, which are free again once the previous snapshot is written (a
-save waits for that). Fresh buffers cost a page fault per page on every save (a 60 MB copy
-took ~35 ms fresh vs ~12 ms into warm buffers here); the copy runs on up to
-``COPY_THREADS`` threads (NumPy releases the GIL while copying). Until a snapshot is settled,
-a variable updated meanwhile briefly exists twice (its held and its new buffer).
+Memory: nothing beyond the variables themselves, except that a variable updated while its
+snapshot is being written exists twice until then (at most the checkpoint's size, ``nbytes``).
 
-:class:`SnapshotWriter` owns the one background thread that settles a snapshot, writes it into
-a fresh local directory and hands it on (to :class:`storage.committer.AsyncCommitter`, whose
-uploads coalesce: a newer directory supersedes a waiting one). At most one snapshot is in
-flight: :attr:`SnapshotWriter.busy` says a save coming now finds one (it waits).
+:class:`SnapshotWriter` owns the one background thread that writes a snapshot into a fresh
+local directory and hands it on (to :class:`storage.committer.AsyncCommitter`, whose uploads
+coalesce: a newer directory supersedes a waiting one). At most one snapshot is in flight:
+:attr:`SnapshotWriter.busy` says a save coming now finds one (it waits).
 
 Private TF hooks (TF 2.21): ``Checkpoint._saver._gather_serialized_tensors``
 (``tensorflow/python/checkpoint/checkpoint.py``) and ``SaveSpec``
@@ -49,8 +45,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,11 +58,6 @@ from trainer.snapshot_plan import SnapshotPlans
 import tensorflow as tf  # isort: skip
 
 logger = logging.getLogger(__name__)
-
-#: Threads that copy a snapshot's tensors into its host buffers.
-COPY_THREADS = max(1, min(4, os.cpu_count() or 1))
-#: Tensors smaller than this are copied on the calling thread (a hand-off costs more).
-PARALLEL_COPY_MIN_BYTES = 1 << 20
 
 try:  # private TF 2.21 hooks (see the module docstring)
     from tensorflow.python.training.saving.saveable_object import SaveSpec
@@ -87,46 +77,26 @@ class Snapshot:
 
     step: int
     keys: list[tuple[str, str]]  # (checkpoint key, slice spec), in bundle order
-    values: list[Any]  # host copies (np.ndarray, or a host tf.Tensor copied from a device)
+    #: a CPU variable's read (sharing its buffer), or a host copy (a GPU variable's, a string)
+    values: list[Any]
     rows: np.ndarray | None  # every rank's ON_READ copies, one row per rank
     nbytes: int
     taken_at: float = field(default_factory=time.monotonic)
-    #: (index in values, a view of a variable's own buffer) not yet copied (:meth:`settle`)
-    held: list[tuple[int, np.ndarray]] = field(default_factory=list)
-    buffers: HostBuffers | None = None  # where :meth:`settle` copies them; None: fresh arrays
 
-    def settle(self) -> None:
-        """Copy the held buffers into host memory and let go of them (so the next update of
-        those variables happens in place again). Safe at any time: until then, TensorFlow
-        copies a variable before updating it (copy on write)."""
-        if not self.held:
-            return
-        items = [(self.keys[i], view) for i, view in self.held]
-        if self.buffers is not None:
-            copies = self.buffers.copy(items)
-        else:
-            copies = [np.array(view, copy=True) for _, view in items]
-        for (i, _), copied in zip(self.held, copies, strict=True):
-            self.values[i] = copied
-        self.held = []
-
-    def write(self, local_dir: str, settle: bool = True) -> None:
-        """Write ``CKPT_PREFIX.*`` (and ``RANKS_PREFIX.*``) into ``local_dir``; ``settle``:
-        copy the held buffers first (``False``, when training waits for the write: straight
-        from them)."""
-        if settle:
-            self.settle()
-        values = list(self.values)
-        for i, view in self.held:
-            values[i] = view
+    def write(self, local_dir: str) -> None:
+        """Write ``CKPT_PREFIX.*`` (and ``RANKS_PREFIX.*``) into ``local_dir``, straight from
+        the held values, then let go of them (the variables update in place again)."""
         tf.raw_ops.SaveV2(
             prefix=os.path.join(local_dir, CKPT_PREFIX),
             tensor_names=[k for k, _ in self.keys],
             shape_and_slices=[s for _, s in self.keys],
-            tensors=[tf.convert_to_tensor(v) for v in values],
+            tensors=[
+                v if isinstance(v, tf.Tensor) else tf.convert_to_tensor(v) for v in self.values
+            ],
         )
         if self.rows is not None:
             write_rows(local_dir, self.rows)
+        self.values = []
 
 
 def write_rows(local_dir: str, rows: np.ndarray) -> None:
@@ -139,60 +109,18 @@ def write_rows(local_dir: str, rows: np.ndarray) -> None:
     )
 
 
-class HostBuffers:
-    """Host arrays a snapshot's values are copied into, kept from one snapshot to the next
-    (one per checkpoint key and slice; a tensor whose shape or dtype changed gets a new one).
-    The caller reuses them only once the previous snapshot has been written."""
-
-    def __init__(self, threads: int = COPY_THREADS) -> None:
-        self._arrays: dict[Hashable, np.ndarray] = {}
-        self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self._arrays.values())
-
-    def copy(self, items: Sequence[tuple[Hashable, np.ndarray]]) -> list[np.ndarray]:
-        """Copies of ``items`` (key, host array) in those keys' buffers, in order."""
-        out, large = [], []
-        for key, src in items:
-            dst = self._arrays.get(key)
-            if dst is None or dst.shape != src.shape or dst.dtype != src.dtype:
-                dst = self._arrays[key] = np.empty_like(src)
-            out.append(dst)
-            if src.nbytes >= PARALLEL_COPY_MIN_BYTES and self._threads > 1:
-                large.append((dst, src))
-            else:
-                np.copyto(dst, src)
-        if large:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self._threads, "spotrain-snapshot-copy")
-            for done in self._pool.map(lambda pair: np.copyto(*pair), large):
-                del done
-        return out
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        self._arrays.clear()
-
-
 def take(
     checkpoint: tf.train.Checkpoint,
     step: int,
     rows: np.ndarray | None,
     keep: bool,
-    buffers: HostBuffers | None = None,
     plans: SnapshotPlans | None = None,
 ) -> Snapshot | None:
     """Read every tensor of ``checkpoint`` now (a collective: every rank calls it); ``keep``:
-    copy the values into a :class:`Snapshot` (into ``buffers`` when given; else fresh arrays),
-    else they are read and dropped, and an empty snapshot returned. ``plans``: reuse what the
-    last save found in the object graph (:mod:`trainer.snapshot_plan`). None: this checkpoint
-    cannot be snapshot (see the module docstring), decided from its structure alone, so the
-    same on every rank."""
+    hold the values in a :class:`Snapshot`, else they are read and dropped, and an empty
+    snapshot returned. ``plans``: reuse what the last save found in the object graph
+    (:mod:`trainer.snapshot_plan`). None: this checkpoint cannot be snapshot (see the module
+    docstring), decided from its structure alone, so the same on every rank."""
     if not hooks_available(checkpoint):
         return None
     if plans is not None:
@@ -223,49 +151,40 @@ def take(
     if len(tasks) > 1:
         return None
     values: list[Any] = []
-    held: list[tuple[int, np.ndarray]] = []  # views of CPU tensors' buffers: copied later
-    for i, spec in enumerate(specs):
+    for spec in specs:
         value = spec.tensor if isinstance(spec, SaveSpec) else spec
         if callable(value):
             value = value()
         if not keep:
             continue
-        view = _cpu_view(value, getattr(spec, "device", None))
-        if view is None:
-            values.append(_host_copy(value, getattr(spec, "device", None)))
-        else:
-            values.append(None)
-            held.append((i, view))  # the view keeps the tensor's buffer alive
+        device = getattr(spec, "device", None)
+        values.append(value if _is_cpu_numeric(value, device) else _host_copy(value, device))
     if not keep:
         return Snapshot(step, [], [], None, 0)
     nbytes = 0 if rows is None else int(rows.nbytes)
-    nbytes += sum(int(getattr(v, "nbytes", 0) or 0) for v in values)
-    nbytes += sum(int(view.nbytes) for _, view in held)
+    nbytes += sum(_nbytes(v) for v in values)
     order = sorted(range(len(keys)), key=lambda i: keys[i])
-    position = {old: new for new, old in enumerate(order)}
-    return Snapshot(
-        step,
-        [keys[i] for i in order],
-        [values[i] for i in order],
-        rows,
-        nbytes,
-        held=[(position[i], view) for i, view in held],
-        buffers=buffers,
-    )
+    return Snapshot(step, [keys[i] for i in order], [values[i] for i in order], rows, nbytes)
 
 
-def _cpu_view(value: Any, device: Any) -> np.ndarray | None:
-    """A NumPy view of a numeric CPU tensor's buffer (no copy), else None."""
+def _is_cpu_numeric(value: Any, device: Any) -> bool:
+    """A numeric CPU tensor: held as is (it shares the variable's buffer; no copy)."""
     if not isinstance(value, tf.Tensor) or value.dtype == tf.string:
-        return None
-    if device is not None and "GPU" in str(device).upper():
-        return None
-    return np.asarray(value)
+        return False
+    return device is None or "GPU" not in str(device).upper()
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, tf.Tensor):
+        return int(value.shape.num_elements() or 0) * (
+            value.dtype.size if value.dtype != tf.string else 0
+        )
+    return int(getattr(value, "nbytes", 0) or 0)
 
 
 def _host_copy(value: Any, device: Any) -> Any:
-    """A host copy that later training steps cannot change, of a value ``_cpu_view`` does not
-    cover (a string or GPU tensor, a non-tensor value)."""
+    """A host copy that later training steps cannot change, of a value that is not a numeric
+    CPU tensor (a string or GPU tensor, a non-tensor value)."""
     if isinstance(value, tf.Tensor):
         if value.dtype == tf.string:
             return value.numpy()  # bytes objects are immutable
@@ -346,7 +265,6 @@ class SnapshotWriter:
                 snapshot, meta = self._job
             local_dir = ""
             try:
-                snapshot.settle()  # first: the next step may update these variables
                 local_dir = tempfile.mkdtemp(
                     prefix=f"spotrain-{snapshot.step:012d}-", dir=self._tmp_dir
                 )

@@ -64,3 +64,28 @@ def test_start_failure_reports_the_log(tmp_path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("SPOTRAIN_WEED_BIN", str(tmp_path / "missing"))
     with pytest.raises(SeaweedStartError, match="SPOTRAIN_WEED_BIN"):
         SeaweedServer.start(tmp_path / "sw2", timeout_s=10)
+
+
+def test_a_commit_without_payload_signing_restores_on_seaweedfs(
+    seaweed: SeaweedServer, tmp_path
+) -> None:
+    """The README's option for plain-http endpoints: botocore then sends UNSIGNED-PAYLOAD
+    instead of hashing every body for the signature; SeaweedFS accepts it, and the checkpoint
+    verifies (size and sha256 of every file) on restore."""
+    from storage.checkpoints import CheckpointStore
+
+    options = {
+        **seaweed.storage_options,
+        "config_kwargs": {"s3": {"payload_signing_enabled": False}},
+    }
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ckpt.data-00000-of-00001").write_bytes(bytes(range(256)) * 4096)
+    (src / "ckpt.index").write_bytes(b"index")
+    store = CheckpointStore(f"s3://{seaweed.bucket}/pins/unsigned", options)
+    store.commit(5, src, {"epoch": 1})
+    got = CheckpointStore(f"s3://{seaweed.bucket}/pins/unsigned", options).restore(tmp_path / "dst")
+    assert got.step == 5
+    assert (tmp_path / "dst" / "ckpt.data-00000-of-00001").read_bytes() == (
+        src / "ckpt.data-00000-of-00001"
+    ).read_bytes()
