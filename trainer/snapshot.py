@@ -1,5 +1,5 @@
 """In-memory checkpoint snapshots: taken at a step boundary (the only part of a save that
-blocks training), copied, written to local files and committed in the background.
+blocks training), written to local files and committed in the background.
 
 A :class:`Snapshot` holds what ``tf.train.Checkpoint.write`` would write for
 :func:`trainer.model_io.checkpoint_of` (model, optimizer, random generators): every tensor of
@@ -53,7 +53,7 @@ import numpy as np
 
 from trainer import env  # noqa: F401
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX
-from trainer.snapshot_plan import SnapshotPlans
+from trainer.snapshot_plan import SnapshotPlans, value_of
 
 import tensorflow as tf  # isort: skip
 
@@ -152,9 +152,7 @@ def take(
         return None
     values: list[Any] = []
     for spec in specs:
-        value = spec.tensor if isinstance(spec, SaveSpec) else spec
-        if callable(value):
-            value = value()
+        value = value_of(spec)
         if not keep:
             continue
         device = getattr(spec, "device", None)

@@ -40,10 +40,13 @@ import tensorflow as tf  # isort: skip
 try:  # private TF 2.21 names (see the module docstring)
     from tensorflow.python.trackable import trackable_utils
     from tensorflow.python.trackable.base import OBJECT_GRAPH_PROTO_KEY
-    from tensorflow.python.training.saving.saveable_object import SaveSpec
 except ImportError:  # another TF: no plans, every save makes the full call
-    trackable_utils = SaveSpec = None
+    trackable_utils = None
     OBJECT_GRAPH_PROTO_KEY = None
+try:
+    from tensorflow.python.training.saving.saveable_object import SaveSpec
+except ImportError:  # another TF: no snapshots either (trainer.snapshot.hooks_available)
+    SaveSpec = None
 
 #: serialized tensors as TF returns them: trackable (None: the object graph) -> key -> value
 Serialized = Any  # an ObjectIdentityDictionary (variables are not hashable)
@@ -86,7 +89,7 @@ class SnapshotPlan:
             names = list(fresh)
             if not _names_match(keys, names):
                 return None
-            found = [_variable_of(_value_of(fresh[n]), by_buffer) for n in names]
+            found = [_variable_of(value_of(fresh[n]), by_buffer) for n in names]
             variables = found if keys and all(v is not None for v in found) else None
             readers.append(_Reader(trackable, keys, names, variables))
         return cls(list(objects), readers, graph[OBJECT_GRAPH_PROTO_KEY])
@@ -144,7 +147,7 @@ class SnapshotPlans:
         return list(serialized.values()), bool(registered)
 
 
-def _value_of(value: Any) -> Any:
+def value_of(value: Any) -> Any:
     """The tensor a serialized value stands for (a ``SaveSpec`` reads it when asked)."""
     if SaveSpec is not None and isinstance(value, SaveSpec):
         value = value.tensor
