@@ -355,8 +355,7 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         if not self.state.reach(g):
             return
         if self._periodic(g) or (epoch_end and self._save_at_epoch_end):
-            # one collective: the save's per-rank rows and, at once, the poll (so a save
-            # always polls, and a poll due here costs nothing more)
+            # one collective: the save's per-rank rows and, when one is due here, the poll
             started = time.perf_counter()
             reason, rows = self._poll(g, own_rows=self.state.own_rows())
             if reason:
@@ -373,14 +372,15 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         return type(self.save_freq) is int and g % self.save_freq == 0
 
     def _poll(self, g: int, own_rows: np.ndarray | None = None) -> tuple[str, np.ndarray | None]:
-        """At the boundaries of the poll schedule (the same on every rank), or when a save
-        gathers ``own_rows`` (every rank's, returned): the agreed notice ("" for none)."""
-        polling = bool(self._poll_steps)
-        if own_rows is None and not self._schedule.due(g):
+        """At the boundaries of the poll schedule (the same on every rank): the agreed notice
+        ("" for none). A save passes ``own_rows`` and gets every rank's back: one collective,
+        which is also the poll when one is due at ``g``."""
+        due = self._schedule.due(g)
+        if own_rows is None and not due:
             return "", None
-        step_s = self._schedule.step_seconds(g) if polling else 0.0
-        reason, slowest_step_s, rows = self._agree(step_s, own_rows, check=polling)
-        if polling:
+        step_s = self._schedule.step_seconds(g) if due else 0.0
+        reason, slowest_step_s, rows = self._agree(step_s, own_rows, check=due)
+        if due:
             self._schedule.polled(g, slowest_step_s)
         return reason, rows
 

@@ -2,7 +2,7 @@
 write to local files and the commit in the background.
 
 Blocking, at the boundary (``SaveStats.last_blocked_s``): the manifest state, the per-rank rows
-(one collective, which also carries the preemption poll), and the snapshot's reads along a
+(one collective, which also carries a preemption poll due at that step), and the snapshot's reads along a
 plan made once per object graph (:mod:`trainer.snapshot_plan`: one read per CPU variable; a
 collective for ON_READ ones), which hold the variables' buffers (no copy). In the background,
 on the chief: ``SaveV2`` from those buffers into a fresh local directory

@@ -124,12 +124,12 @@ def test_sigterm_is_a_preemption_notice(tmp_path: Path) -> None:
     assert manifest["step"] == 9 and not manifest["state"]["finished"]
 
 
-def test_a_save_polls_for_notices_in_its_own_collective(
+def test_a_save_and_a_poll_at_one_step_share_one_collective(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A save gathers every rank's rows and the notice flags in one collective: a save step
-    makes exactly one gather, and a notice seen at a save step (long before the next scheduled
-    poll) stops the run there."""
+    """A save gathers every rank's rows; when a poll is due at the same step, its notice flags
+    travel in that same gather: such a step makes exactly one gather, and a notice seen there
+    stops the run at that step."""
     import numpy as np
 
     from trainer import state as st
@@ -146,15 +146,15 @@ def test_a_save_polls_for_notices_in_its_own_collective(
     m = tf.keras.Sequential([tf.keras.Input((4,)), tf.keras.layers.Dense(2)])
     m.compile(tf.keras.optimizers.SGD(0.1), loss="mse", metrics=["mae"])
     url = (tmp_path / "run").as_uri()
-    bar = BackupAndRestore(url, save_freq=3, preemption_poll_steps=100, worker=worker)
+    bar = BackupAndRestore(url, save_freq=3, preemption_poll_steps=3, worker=worker)
     x, y = np.ones((64, 4), "float32"), np.zeros((64, 2), "float32")
     with pytest.raises(PreemptedError) as stopped:
         m.fit(x, y, batch_size=8, epochs=1, callbacks=[CountSteps(worker), bar], verbose=0)
-    assert stopped.value.step == 6  # the save at step 6 polled: not the poll due at step 100
+    assert stopped.value.step == 6
     rows = len(bar.state.own_rows())
     assert rows > 0  # the compiled metrics' totals and counts
-    assert [n for g, n in gathers if g == 3] == [2 + rows]  # a save: one gather
+    assert [n for g, n in gathers if g == 3] == [2 + rows]  # a save and a poll: one gather
     # the save that saw the notice: its gather, then the emergency save's commit check
     assert [n for g, n in gathers if g == 6] == [2 + rows, 1]
-    assert not [g for g, n in gathers if g in (2, 4, 5)]  # no poll between saves
+    assert not [g for g, n in gathers if g in (2, 4, 5)]  # no gather between them
     assert [e["payload"]["step"] for e in events(url, "preemption")] == [6]
