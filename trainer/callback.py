@@ -40,12 +40,11 @@ from trainer import (
     env,  # noqa: F401
     keras_hooks,
 )
-from trainer import state as st
 from trainer.backup_options import BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.errors import PreemptedError
 from trainer.model_io import CKPT_PREFIX, RANKS_PREFIX, build_optimizer, checkpoint_of
-from trainer.notice_watcher import NoticeWatcher, PollSchedule
+from trainer.notice_watcher import NoticeWatcher, PollSchedule, agree
 from trainer.preemption import PreemptionFlag
 from trainer.saved_state import SaveStats
 from trainer.training_state import WorkerTrainingState
@@ -354,19 +353,15 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
     def _boundary(self, g: int, epoch: int, step: int, epoch_end: bool) -> None:
         if not self.state.reach(g):
             return
-        if self._periodic(g) or (epoch_end and self._save_at_epoch_end):
-            # one collective: the save's per-rank rows and, when one is due here, the poll
-            started = time.perf_counter()
-            reason, rows = self._poll(g, own_rows=self.state.own_rows())
-            if reason:
-                self.state.emergency_save(g, epoch, step, reason, rows=rows, started=started)
-                raise PreemptedError(g, reason)
-            self.state.save(g, epoch, step, finished=False, wait=False, rows=rows, started=started)
-            return
-        reason, _ = self._poll(g)
+        saving = self._periodic(g) or (epoch_end and self._save_at_epoch_end)
+        started = time.perf_counter()
+        # one collective: a save's per-rank rows and, when one is due here, the poll
+        reason, rows = self._poll(g, own_rows=self.state.own_rows() if saving else None)
         if reason:
-            self.state.emergency_save(g, epoch, step, reason)
+            self.state.emergency_save(g, epoch, step, reason, rows=rows, started=started)
             raise PreemptedError(g, reason)
+        if saving:
+            self.state.save(g, epoch, step, finished=False, wait=False, rows=rows, started=started)
 
     def _periodic(self, g: int) -> bool:
         return type(self.save_freq) is int and g % self.save_freq == 0
@@ -394,13 +389,4 @@ class BackupAndRestore(tf.keras.callbacks.Callback):
         local = ""
         if notice is not None and (notice.text is None or self.state.note_notice(notice.text)):
             local = notice.reason
-        head = np.array([1.0 if local else 0.0, step_s])
-        gathered = st.gather_rows(
-            self.model.distribute_strategy,
-            head if own_rows is None else np.concatenate([head, own_rows]),
-        )
-        rows = None if own_rows is None else gathered[:, 2:]
-        slowest = float(gathered[:, 1].max())
-        if gathered[:, 0].max() > 0:
-            return local or "peer-notice", slowest, rows
-        return "", slowest, rows
+        return agree(self.model.distribute_strategy, local, step_s, own_rows)

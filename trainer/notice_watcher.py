@@ -28,6 +28,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from trainer import state as st
 from trainer.constants import DEFAULT_NOTICE_WATCH_S, DEFAULT_PREEMPTION_POLL_S
 from trainer.preemption import PreemptionFlag
 
@@ -180,3 +183,17 @@ class PollSchedule:
         else:
             self._next = on_grid
         self._since = (g, time.perf_counter())
+
+
+def agree(
+    strategy: Any, local: str, step_s: float, own_rows: np.ndarray | None = None
+) -> tuple[str, float, np.ndarray | None]:
+    """One collective across the ranks: the agreed notice (``local``, ``"peer-notice"`` when
+    only another rank saw one, "" for none), the slowest rank's ``step_s``, and every rank's
+    ``own_rows`` when given."""
+    head = np.array([1.0 if local else 0.0, step_s])
+    row = head if own_rows is None else np.concatenate([head, own_rows])
+    gathered = st.gather_rows(strategy, row)
+    rows = None if own_rows is None else gathered[:, 2:]
+    reason = (local or "peer-notice") if gathered[:, 0].max() > 0 else ""
+    return reason, float(gathered[:, 1].max()), rows

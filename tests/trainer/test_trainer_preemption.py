@@ -130,11 +130,17 @@ def test_a_save_and_a_poll_at_one_step_share_one_collective(
     """A save gathers every rank's rows; when a poll is due at the same step, its notice flags
     travel in that same gather: such a step makes exactly one gather, and a notice seen there
     stops the run at that step."""
+    import functools
+
     import numpy as np
 
+    from trainer import callback
     from trainer import state as st
     from trainer.callback import BackupAndRestore
+    from trainer.notice_watcher import PollSchedule
 
+    # polls on the step grid only: a slow first step (tracing) would otherwise bring one forward
+    monkeypatch.setattr(callback, "PollSchedule", functools.partial(PollSchedule, poll_s=0))
     worker = NoticeAfter(after=6)
     gathers: list[tuple[int, int]] = []  # (trained steps, values gathered)
     real = st.gather_rows
