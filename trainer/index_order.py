@@ -27,6 +27,7 @@ import numpy as np
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _ROUNDS = 4
 #: Windows up to this many examples get their whole permutation computed once (8 bytes each).
 WINDOW_TABLE_MAX = 1 << 21
@@ -36,9 +37,9 @@ _BLOCKS, _WINDOW = 1, 2
 
 def _mix(x: np.ndarray) -> np.ndarray:
     """splitmix64's finalizer on a uint64 array (wraps, as intended)."""
-    x = (x ^ (x >> np.uint64(30))) * _M1  # uint64 arrays wrap silently
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
+    x = (x ^ (x >> _S30)) * _M1  # uint64 arrays wrap silently
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
 
 
 def derive_key(*parts: int) -> int:
@@ -55,26 +56,43 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
 
     A balanced 4-round Feistel network on the smallest even number of bits that covers ``n``,
     with cycle walking for values >= n (at most 4x the domain, so a few rounds on average).
+    The rounds work in place on two scratch arrays (a window's table is 8 bytes x its size).
     """
     index = np.asarray(index, dtype=np.uint64)
     if n <= 1:
         return index.astype(np.int64)
-    half = max(1, (int(n - 1).bit_length() + 1) // 2)
-    mask = np.uint64((1 << half) - 1)
+    half = np.uint64(max(1, (int(n - 1).bit_length() + 1) // 2))
+    mask = np.uint64((1 << int(half)) - 1)
     round_keys = [np.uint64(derive_key(key, r)) for r in range(_ROUNDS)]
 
     def feistel(x: np.ndarray) -> np.ndarray:
-        left, right = x >> np.uint64(half), x & mask
-        for rk in round_keys:
-            left, right = right, left ^ (_mix(right ^ rk) & mask)
-        return (left << np.uint64(half)) | right
+        left, right = x >> half, x & mask
+        f, scratch = np.empty_like(x), np.empty_like(x)
+        for rk in round_keys:  # left, right = right, left ^ (_mix(right ^ rk) & mask)
+            np.bitwise_xor(right, rk, out=f)
+            _mix_in_place(f, scratch)
+            f &= mask
+            f ^= left
+            left, right, f = right, f, left
+        left <<= half
+        left |= right
+        return left
 
     out = feistel(index)
-    outside = out >= np.uint64(n)
-    while outside.any():
-        out[outside] = feistel(out[outside])
-        outside = out >= np.uint64(n)
+    walking = np.flatnonzero(out >= np.uint64(n))
+    while len(walking):
+        out[walking] = stepped = feistel(out[walking])
+        walking = walking[stepped >= np.uint64(n)]
     return out.astype(np.int64)
+
+
+def _mix_in_place(x: np.ndarray, scratch: np.ndarray) -> None:
+    """``x = _mix(x)`` without temporaries."""
+    for shift, factor in ((_S30, _M1), (_S27, _M2), (_S31, None)):
+        np.right_shift(x, shift, out=scratch)
+        x ^= scratch
+        if factor is not None:
+            x *= factor
 
 
 @dataclass(frozen=True)
@@ -145,9 +163,21 @@ class EpochOrder:
             if len(self._window_tables) >= 2:
                 self._window_tables.pop(next(iter(self._window_tables)))
             w_start, w_len = self._window_span(w)
-            shuffled = permute(np.arange(w_len), w_len, self._window_key(w)) + w_start
-            table = self._window_tables[w] = self._example_of(shuffled)
+            # the example of each block-order position of the window, in position order: each
+            # block's run of positions shifted to where the block lies in the epoch's files
+            blocks = self._window_blocks(w)
+            shift = self._origin[self._block_order[blocks]] - self._starts[blocks]
+            example = np.arange(w_start, w_start + w_len) + np.repeat(
+                shift, np.diff(self._starts[blocks.start : blocks.stop + 1])
+            )
+            table = self._window_tables[w] = example[
+                permute(np.arange(w_len), w_len, self._window_key(w))
+            ]
         return table
+
+    def _window_blocks(self, w: int) -> slice:
+        per_window = self.window_blocks or len(self._block_order)
+        return slice(w * per_window, min((w + 1) * per_window, len(self._block_order)))
 
     def _window_span(self, w: int) -> tuple[int, int]:
         start = int(self._window_starts[w])
@@ -156,9 +186,12 @@ class EpochOrder:
     def _window_key(self, w: int) -> int:
         return derive_key(self.seed, self.epoch, _WINDOW, w)
 
-    def _example_of(self, shuffled: np.ndarray) -> np.ndarray:
-        """Example indices of block-order positions (after the in-window permutation)."""
-        block = np.searchsorted(self._starts, shuffled, side="right") - 1
+    def _example_of(self, shuffled: np.ndarray, w: int) -> np.ndarray:
+        """Example indices of block-order positions of window ``w`` (after its permutation):
+        the block of each is searched among the window's own blocks only."""
+        blocks = self._window_blocks(w)
+        starts = self._starts[blocks.start : blocks.stop + 1]
+        block = blocks.start + np.searchsorted(starts, shuffled, side="right") - 1
         return self._origin[self._block_order[block]] + (shuffled - self._starts[block])
 
     def at(self, pos: np.ndarray) -> np.ndarray:
@@ -166,15 +199,31 @@ class EpochOrder:
         pos = np.asarray(pos, dtype=np.int64)
         if not self.shuffle or not len(pos):
             return pos
-        window = np.searchsorted(self._window_starts, pos, side="right") - 1
-        first, last = int(window.min()), int(window.max())
         out = np.empty_like(pos)
-        for w in [first] if first == last else np.unique(window).tolist():
-            at = slice(None) if first == last else window == w
+        for w, at in self._by_window(pos):
             w_start, w_len = self._window_span(w)
             offsets = pos[at] - w_start
             if w_len <= WINDOW_TABLE_MAX:
                 out[at] = self._window_examples(w)[offsets]
             else:
-                out[at] = self._example_of(w_start + permute(offsets, w_len, self._window_key(w)))
+                shuffled = w_start + permute(offsets, w_len, self._window_key(w))
+                out[at] = self._example_of(shuffled, w)
         return out
+
+    def _by_window(self, pos: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+        """(window, where in ``pos``) of each window the positions fall in: slices when the
+        positions ascend (an input's chunk: steps after steps), masks otherwise."""
+        ends = np.array([pos.min(), pos.max()])
+        first, last = (np.searchsorted(self._window_starts, ends, side="right") - 1).tolist()
+        if first == last:
+            return [(first, slice(None))]
+        if (pos[1:] >= pos[:-1]).all():
+            cuts = np.searchsorted(pos, self._window_starts[first + 1 : last + 1]).tolist()
+            bounds = [0, *cuts, len(pos)]
+            return [
+                (first + i, slice(bounds[i], bounds[i + 1]))
+                for i in range(last - first + 1)
+                if bounds[i] < bounds[i + 1]
+            ]
+        window = np.searchsorted(self._window_starts, pos, side="right") - 1
+        return [(w, window == w) for w in np.unique(window).tolist()]

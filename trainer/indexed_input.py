@@ -23,6 +23,7 @@ from trainer import env  # noqa: F401  (TF_USE_LEGACY_KERAS before tensorflow)
 from trainer.constants import DEFAULT_READ_ROWS
 from trainer.errors import JobSpecError
 from trainer.index_order import EpochOrder
+from trainer.read_ahead import read_ahead
 from trainer.sources import Source
 
 import tensorflow as tf  # isort: skip
@@ -39,6 +40,8 @@ class IndexedInput:
     shuffle: bool = True
     read_rows: int = DEFAULT_READ_ROWS
     """Rows of one global-batch stream read per call (a chunk of read_rows // G steps)."""
+    overlap_reads: bool = True
+    """Read the next chunk on a thread while this one is used (``trainer.read_ahead``)."""
     _spec: Any = field(default=None, init=False, repr=False)
     _orders: dict[int, EpochOrder] = field(default_factory=dict, init=False, repr=False)
 
@@ -132,10 +135,14 @@ class IndexedInput:
         # shared; the first read of a (resumed) stream is one step, at any position
         chunk_steps = max(1, self.read_rows // self.global_batch_size)
 
+        def read(chunk: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+            epoch, step, n = chunk
+            idx = self.chunk_indices(epoch, step, n, pipeline, pipelines)
+            return tuple(a.reshape(n, per_pipeline, *a.shape[1:]) for a in source.read(idx))
+
         def rows() -> Iterator[tuple[np.ndarray, ...]]:
-            for epoch, step, n in self.chunks(initial_epoch, initial_step, chunk_steps):
-                idx = self.chunk_indices(epoch, step, n, pipeline, pipelines)
-                yield tuple(a.reshape(n, per_pipeline, *a.shape[1:]) for a in source.read(idx))
+            chunks = self.chunks(initial_epoch, initial_step, chunk_steps)
+            yield from read_ahead(read, chunks) if self.overlap_reads else map(read, chunks)
 
         signature = tuple(tf.TensorSpec([None, per_pipeline, *s.shape], s.dtype) for s in flat_spec)
         ds = tf.data.Dataset.from_generator(rows, output_signature=signature).unbatch()

@@ -43,8 +43,8 @@ READ_THREADS = 8
 
 def column_array(arr: pa.Array | pa.ChunkedArray, name: str, url: str) -> np.ndarray:
     """A column as a NumPy array (rows, *shape); lists of equal length become a tensor axis."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    if isinstance(arr, pa.ChunkedArray):  # one chunk (a row group's): no concatenation copy
+        arr = arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
     if arr.null_count:
         raise DataSourceError(url, f"column {name!r} has null values", "fill or drop them")
     shape = [len(arr)]

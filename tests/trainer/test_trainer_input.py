@@ -31,6 +31,25 @@ def _arrays(n: int = N) -> tuple[np.ndarray, np.ndarray]:
     return x, np.arange(n, dtype=np.int64)
 
 
+def test_the_order_of_an_epoch_is_the_same_in_every_spotrain_version() -> None:
+    """A run resumed by a newer spotrain continues the same epoch order: a changed order in
+    the middle of an epoch would train some examples twice and skip others. These values
+    are the order as first released (window tables and the per-index path)."""
+    order = EpochOrder(1000, 7, 2, 10, 3)
+    # fmt: off
+    assert order.indices(0, 12).tolist() == [
+        871, 318, 878, 319, 873, 312, 311, 872, 314, 315, 305, 879,
+    ]
+    assert order.indices(988, 1000).tolist() == [
+        42, 48, 280, 281, 284, 289, 286, 287, 282, 285, 288, 283,
+    ]
+    assert permute(np.arange(12), 3_000_000, 99).tolist() == [
+        2462425, 1210786, 2732967, 1916471, 1588079, 2185467,
+        2546913, 368224, 1163694, 1691874, 526288, 1895934,
+    ]
+    # fmt: on
+
+
 @pytest.mark.parametrize(("n", "block", "window"), [(1, 1, 0), (7, 1, 0), (100, 8, 3), (99, 10, 1)])
 def test_each_epoch_is_a_permutation_and_a_pure_function_of_seed_and_epoch(
     n: int, block: int, window: int
@@ -116,7 +135,8 @@ def test_a_resume_reads_only_the_rows_of_its_first_batch(tmp_path: Path) -> None
     first = next(iter(ds))
     want = inp.pipeline_indices(1, 45, 1, 2)
     assert np.array_equal(first[1].numpy(), want)
-    assert src.counter.examples <= 2 * G // 2  # this step and at most one prefetched
+    # this step, one step tf.data may pull ahead, and the one read ahead (steps of one read)
+    assert src.counter.examples <= 3 * G // 2
     # bytes: the footers and the row groups of (at most) two windows of two blocks
     assert src.counter.bytes - footers < 4 * 2 * 25 * 3 * 8 * 2
 
