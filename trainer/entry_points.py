@@ -71,19 +71,29 @@ def load_entry_point(spec: str, working_dir: str | None = None, default_fn: str 
         entry = parse_entry_point(spec, default_fn)
     except ValueError as exc:
         raise JobSpecError("entry point", spec, str(exc)) from None
-    base = working_dir or os.getcwd()
     with user_code(f"import {entry.target}"):
-        module = (
-            _import_file(entry, spec, base) if entry.is_file else _import_module(entry, working_dir)
-        )
+        module = import_target(entry.target, working_dir, spec)
     fn = getattr(module, entry.fn, None)
     if not callable(fn):
         raise JobSpecError("entry point", spec, f"{entry.target} has no callable {entry.fn!r}")
     return fn
 
 
-def _import_file(entry: EntryPoint, spec: str, base: str) -> object:
-    path = os.path.abspath(os.path.join(base, entry.target))
+def is_import_target(text: str) -> bool:
+    """``text`` is an entry point's target alone: a ``.py`` path or a dotted module name."""
+    return text.endswith(".py") or bool(_MODULE_RE.match(text))
+
+
+def import_target(target: str, working_dir: str | None = None, spec: str = "") -> object:
+    """Import a ``.py`` file (relative to ``working_dir``, default: the current directory) or a
+    module, once per process: a later call, and :func:`load_entry_point`, get the same module."""
+    if target.endswith(".py"):
+        return _import_file(target, spec or target, working_dir or os.getcwd())
+    return _import_module(target, working_dir)
+
+
+def _import_file(target: str, spec: str, base: str) -> object:
+    path = os.path.abspath(os.path.join(base, target))
     if not os.path.isfile(path):
         raise JobSpecError(
             "entry point", spec, f"file {path} does not exist (working_dir={base!r})"
@@ -107,7 +117,7 @@ def _import_file(entry: EntryPoint, spec: str, base: str) -> object:
     return module
 
 
-def _import_module(entry: EntryPoint, working_dir: str | None) -> object:
+def _import_module(target: str, working_dir: str | None) -> object:
     if working_dir and working_dir not in sys.path:
         sys.path.insert(0, working_dir)
-    return importlib.import_module(entry.target)
+    return importlib.import_module(target)

@@ -34,6 +34,7 @@ from trainer.entry_points import (
     DEFAULT_ENTRY_FNS,
     ENTRY_POINT_FORMS,
     EntryPoint,
+    is_import_target,
     load_entry_point,
     parse_entry_point,
 )
@@ -81,6 +82,7 @@ CALLBACK_KINDS = (
 _CUSTOM_ENTRY_HINT = "expected 'path/to/file.py:fn' (fn(**kwargs) returns a Keras callback)"
 CALLBACK_HINT = "expected one mapping {kind: {arguments}}, e.g. {early_stopping: {patience: 5}}"
 _CALLBACKS_HINT = "expected a list such as [{early_stopping: {patience: 5}}]"
+_WARM_IMPORTS_HINT = "expected a list of modules or files, such as [sklearn.datasets, features.py]"
 
 
 @dataclass(frozen=True, kw_only=True, config=SCHEMA_CONFIG)
@@ -212,6 +214,10 @@ class JobFields:
         StrictInt, Field(ge=0, le=MAX_STEPS), Rule(f"an integer from 0 (off) to {MAX_STEPS}")
     ] = PREEMPTION_POLL_STEPS
     """How often (in steps) every worker checks for a preemption notice."""
+    warm_imports: tuple[StrictStr, ...] = ()
+    """Modules (``pkg.mod``) or files (``path/to/file.py``) a warm spare imports ahead of a
+    fault, after TensorFlow: your code's slow imports. They must not run TensorFlow ops when
+    imported (the collectives are configured after them)."""
 
     @field_validator("name")
     @classmethod
@@ -238,6 +244,16 @@ class JobFields:
         except ValueError as exc:
             raise invalid(str(exc), value) from None
         return value.strip()
+
+    @field_validator("warm_imports", mode="before")
+    @classmethod
+    def _import_targets(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise invalid(_WARM_IMPORTS_HINT, value)
+        for i, target in enumerate(value):
+            if not isinstance(target, str) or not is_import_target(target.strip()):
+                raise invalid(_WARM_IMPORTS_HINT, target, i)
+        return tuple(t.strip() for t in value)
 
     @field_validator("callbacks", mode="before")
     @classmethod

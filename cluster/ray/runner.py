@@ -44,7 +44,7 @@ from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from cluster.failure_policy import options_from_spec
 from cluster.ray.node_spares import NodeSpares
-from trainer.warm import PRELOAD_MODULES, TRAIN_WORKER_ENV
+from trainer.warm import PRELOAD_MODULES, TRAIN_WORKER_ENV, warm_imports_env
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +234,13 @@ class RayAttemptRunner:
             callbacks=[
                 MetricsEventCallback(loc, attempt=ctx.attempt, generation=ctx.lease_generation)
             ],
-            worker_runtime_env={"env_vars": {**constants.WORKER_ENV_VARS, TRAIN_WORKER_ENV: "1"}},
+            worker_runtime_env={
+                "env_vars": {
+                    **constants.WORKER_ENV_VARS,
+                    TRAIN_WORKER_ENV: "1",
+                    **warm_imports_env(spec.warm_imports, working_dir),
+                }
+            },
         )
         trainer = Trainer(
             train_loop_per_worker,

@@ -1,8 +1,8 @@
 """Warm spares on a real Ray cluster (no Ray Train, no training): the raylet settings spotrain
-gives Ray (``RAY_SYSTEM_CONFIG``) are accepted; ``trainer.warm`` imports TensorFlow only in
-processes started in a training worker's runtime env; a spare asked for through the raylet's
-``PrestartWorkers`` is taken by the next actor in that runtime env, which then did not import
-TensorFlow after it was created."""
+gives Ray (``RAY_SYSTEM_CONFIG``) are accepted; ``trainer.warm`` imports TensorFlow (and a
+job's ``warm_imports``) only in processes started in a training worker's runtime env; a spare
+asked for through the raylet's ``PrestartWorkers`` is taken by the next actor in that runtime
+env, which then did not import TensorFlow after it was created."""
 
 import os
 
@@ -17,7 +17,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cluster.chaos.emulated_cluster import EmulatedCluster
 from cluster.ray.node_spares import NodeSpares
-from trainer.warm import MARKER_DIR_ENV, TRAIN_WORKER_ENV
+from trainer.warm import MARKER_DIR_ENV, TRAIN_WORKER_ENV, warm_imports_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -37,6 +37,7 @@ class Probe:
             "preloaded": warm is not None,
             "warm_at": getattr(warm, "IMPORTED_AT", None),
             "tensorflow": "tensorflow" in sys.modules,
+            "json_tool": "json.tool" in sys.modules,  # a job's warm_imports in the test below
             "node": ray.get_runtime_context().get_node_id(),
         }
 
@@ -77,10 +78,13 @@ def test_only_training_workers_import_tensorflow_at_preload(cluster):
     plain = Probe.remote()
     info = ray.get(plain.info.remote(), timeout=300)
     assert info["preloaded"] and info["warm_at"] is None and not info["tensorflow"]
+    assert not info["json_tool"]
     ray.kill(plain)
-    trainer = Probe.options(runtime_env=TRAIN_ENV).remote()
+    # the runtime env spotrain gives its training workers, with a job's warm_imports
+    env = {"env_vars": {**TRAIN_ENV["env_vars"], **warm_imports_env(["json.tool"], None)}}
+    trainer = Probe.options(runtime_env=env).remote()
     info = ray.get(trainer.info.remote(), timeout=300)
-    assert info["tensorflow"] and info["warm_at"] is not None
+    assert info["tensorflow"] and info["warm_at"] is not None and info["json_tool"]
     ray.kill(trainer)
 
 
