@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from trainer import state as st
 from trainer.constants import DEFAULT_NOTICE_WATCH_S, DEFAULT_PREEMPTION_POLL_S
 from trainer.preemption import PreemptionFlag
 
@@ -191,6 +190,8 @@ def agree(
     """One collective across the ranks: the agreed notice (``local``, ``"peer-notice"`` when
     only another rank saw one, "" for none), the slowest rank's ``step_s``, and every rank's
     ``own_rows`` when given."""
+    from trainer import state as st  # TensorFlow: not at import (the driver imports this module)
+
     head = np.array([1.0 if local else 0.0, step_s])
     row = head if own_rows is None else np.concatenate([head, own_rows])
     gathered = st.gather_rows(strategy, row)
