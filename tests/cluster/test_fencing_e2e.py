@@ -209,4 +209,8 @@ def test_a_sigkilled_drivers_lease_is_taken_at_once_on_its_host(
     assert "is gone: taking its lease over" in b.stderr
     assert _generation(run_dir) > gen_a
     st = status(project, f"file://{tmp_path}/runs/digits-mlp")
-    assert st["state"] == "SUCCEEDED" and st["attempts"] == 2 and st["preemptions"] == 1, st
+    counts = {k: st.get(k) for k in ("state", "attempts", "preemptions", "failures", "last_error")}
+    assert counts["state"] == "SUCCEEDED" and st["attempts"] == 2 and st["preemptions"] == 1, (
+        counts,
+        b.stderr[-4000:],
+    )
