@@ -51,12 +51,7 @@ def parse_entry_point(text: str, default_fn: str = "") -> EntryPoint:
     target, sep, fn = text.strip().partition(":")
     if not sep:
         fn = default_fn
-    if (
-        not target
-        or ":" in fn
-        or not _FN_RE.match(fn)
-        or not (target.endswith(".py") or _MODULE_RE.match(target))
-    ):
+    if not target or ":" in fn or not _FN_RE.match(fn) or not is_import_target(target):
         raise ValueError(f"expected {ENTRY_POINT_FORMS}")
     return EntryPoint(target, fn)
 

@@ -35,19 +35,13 @@ WINDOW_TABLE_MAX = 1 << 21
 _BLOCKS, _WINDOW = 1, 2
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on a uint64 array (wraps, as intended)."""
-    x = (x ^ (x >> _S30)) * _M1  # uint64 arrays wrap silently
-    x = (x ^ (x >> _S27)) * _M2
-    return x ^ (x >> _S31)
-
-
 def derive_key(*parts: int) -> int:
     """A 64-bit key from integers (seed, epoch, purpose, window...): a pure function."""
-    key = np.zeros(1, np.uint64)
+    key, scratch = np.zeros(1, np.uint64), np.zeros(1, np.uint64)
     with np.errstate(over="ignore"):
         for part in parts:
-            key = _mix(key + _GOLDEN + np.uint64(int(part) & 0xFFFFFFFFFFFFFFFF))
+            key += _GOLDEN + np.uint64(int(part) & 0xFFFFFFFFFFFFFFFF)
+            _mix_in_place(key, scratch)
     return int(key[0])
 
 
@@ -68,7 +62,7 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
     def feistel(x: np.ndarray) -> np.ndarray:
         left, right = x >> half, x & mask
         f, scratch = np.empty_like(x), np.empty_like(x)
-        for rk in round_keys:  # left, right = right, left ^ (_mix(right ^ rk) & mask)
+        for rk in round_keys:  # left, right = right, left ^ (mix(right ^ rk) & mask)
             np.bitwise_xor(right, rk, out=f)
             _mix_in_place(f, scratch)
             f &= mask
@@ -87,7 +81,8 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
 
 
 def _mix_in_place(x: np.ndarray, scratch: np.ndarray) -> None:
-    """``x = _mix(x)`` without temporaries."""
+    """splitmix64's finalizer on a uint64 array, in place (``scratch``: same shape; uint64
+    arrays wrap silently, as intended)."""
     for shift, factor in ((_S30, _M1), (_S27, _M2), (_S31, None)):
         np.right_shift(x, shift, out=scratch)
         x ^= scratch
