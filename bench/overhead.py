@@ -363,10 +363,10 @@ def main() -> int:
         over = f"{row['overhead_pct']:8.1f}%" if ratio else f"{'-':>9s}"
         blk = row["blocked_ms_median"]
         blk_s = f"{blk:10.1f} ms" if blk is not None else f"{'-':>13s}"
-        server = f"{row['server_cores']:9.2f} cores" if row["server_cores"] >= 0.005 else ""
+        server_cpu = f"{row['server_cores']:9.2f} cores" if row["server_cores"] >= 0.005 else ""
         print(
             f"{v:14s} {row['steps_per_s']:8.2f} {ci:>26s} {over} {blk_s} {row['saves']:6d} "
-            f"{server:>14s}"
+            f"{server_cpu:>14s}"
         )
     for mine in ("spotrain-s3", "spotrain-file"):
         if mine not in summary:
