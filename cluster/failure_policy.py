@@ -189,8 +189,21 @@ _LOST_NAMES = {
 }
 
 
+def _stood_in(exc: BaseException) -> tuple[str, ...] | None:
+    """The original's class names when ``exc`` stands in for a worker's exception
+    (``trainer.portable_errors.WorkerError``, matched by attribute: no trainer import here)."""
+    names = getattr(exc, "type_names", None)
+    if isinstance(names, tuple) and names and all(isinstance(n, str) for n in names):
+        return names
+    return None
+
+
 def _names(exc: BaseException) -> set[str]:
-    return {c.__name__ for c in type(exc).__mro__}
+    return set(_stood_in(exc) or ()) or {c.__name__ for c in type(exc).__mro__}
+
+
+def _type_name(exc: BaseException) -> str:
+    return (_stood_in(exc) or (type(exc).__name__,))[0]
 
 
 def _unwrap(exc: BaseException) -> tuple[BaseException, str]:
@@ -230,7 +243,7 @@ _DETERMINISTIC_NAMES = {"ValueError", "TypeError"}
 
 def _classify_leaf(exc: BaseException, tb: str = "", in_worker: bool = False) -> Classified:
     names = _names(exc)
-    msg = one_line(f"{type(exc).__name__}: {exc}")
+    msg = one_line(f"{_type_name(exc)}: {exc}")
     if getattr(exc, "preempted", False) is True or names & {
         "PreemptionError",
         "PreemptedError",

@@ -15,6 +15,7 @@ from trainer import env
 from trainer.cluster_context import WorkerContext
 from trainer.job import TrainJob
 from trainer.notice_watcher import NoticeWatcher
+from trainer.portable_errors import portable
 from trainer.restore_prefetch import start_restore_prefetch
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Train (or resume) ``TrainJob.from_dict(config)`` on this Ray Train worker.
 
     Raises PreemptedError (retryable) after committing on a noticed preemption, UserCodeError
-    (not retryable, with the user's traceback) for errors in the user's code.
+    (not retryable, with the user's traceback) for errors in the user's code; an error whose
+    class is TensorFlow's or the user's reaches Ray as a ``WorkerError`` standing in for it
+    (:mod:`trainer.portable_errors`: Ray's controller need not import TensorFlow to read it).
     """
+    try:
+        _train_and_report(config)
+    except Exception as exc:
+        stand_in = portable(exc)
+        if stand_in is exc:
+            raise
+        raise stand_in from exc
+
+
+def _train_and_report(config: dict[str, Any]) -> None:
     entered = time.time()
     # Imported here, not at module level, so TensorFlow's import counts in the "tf_ready" phase
     # (and the driver, which pickles this function, never imports TensorFlow).
