@@ -164,6 +164,11 @@ def fault_table(
             report = emulate(chaos, epochs, workdir)
             picked = [c for c in report["costs"] if c["fault"].startswith(FAULT_OF[kind])]
             print(f"    {kind} #{i + 1}: {json.dumps(picked)}", file=sys.stderr)
+            if not picked:
+                print(
+                    f"    {kind} #{i + 1}: the run ended before its fault; raise --fault-epochs",
+                    file=sys.stderr,
+                )
             costs += picked
             reads.append(checkpoint_read_s(workdir))
         row: dict[str, Any] = {"fault": kind, "samples": len(costs)}
@@ -369,7 +374,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per fault kind (median)")
     parser.add_argument("--periods", default="30,60,120", help="seconds between preemptions")
     parser.add_argument("--epochs", type=int, default=80, help="epochs of the goodput runs")
-    parser.add_argument("--fault-epochs", type=int, default=12, help="epochs of the fault runs")
+    parser.add_argument(
+        "--fault-epochs",
+        type=int,
+        default=40,
+        help="epochs of the fault runs: long enough that training runs past the fault "
+        f"({FAULT_AT_S}s after the workers are up)",
+    )
     parser.add_argument("--only", choices=PARTS, action="append", help="run these parts only")
     parser.add_argument("--faults", help=f"fault kinds to run (default all: {','.join(FAULTS)})")
     parser.add_argument(
@@ -378,7 +389,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.periods, args.epochs, args.fault_epochs = 1, "60", 12, 8
+        args.repeats, args.periods, args.epochs, args.fault_epochs = 1, "60", 12, 30
     periods = [float(p) for p in args.periods.split(",") if p]
     kinds = [k for k in (args.faults or "").split(",") if k]
     if args.repeats < 1 or not periods or min(periods) <= DRAIN_DEADLINE_S:
