@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,9 @@ class EmulatedCluster:
         self._workers: list[Any] = []  # the Node (cluster_utils.add_node) of each worker raylet
         self._timers: list[threading.Timer] = []
         self._lock = threading.Lock()
+        #: unix time of the latest fault's blow itself (the SIGKILL, the drain RPC, the node's
+        #: removal), after the look-ups that chose its target: what detection is timed from
+        self.struck_at: float | None = None
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self) -> EmulatedCluster:
@@ -140,6 +144,7 @@ class EmulatedCluster:
         pids = sorted(pid for node_pids in self.train_worker_pids().values() for pid in node_pids)
         if not pids:
             raise EmulationError("kill-worker: no Ray Train worker is alive to kill")
+        self.struck_at = time.time()
         os.kill(pids[0], signal.SIGKILL)
         logger.info("killed train worker pid %s", pids[0])
         return pids[0]
@@ -151,6 +156,7 @@ class EmulatedCluster:
         from cluster.ray.internals import drain_node
 
         node = self._pick_node(node_id)
+        self.struck_at = time.time()
         accepted, why = drain_node(
             self.address, node.node_id, deadline_s, "spotrain chaos: spot reclaim"
         )
@@ -170,6 +176,7 @@ class EmulatedCluster:
     def kill_node(self, node_id: str | None = None) -> str:
         """Remove a node without notice: its raylet and every worker on it are SIGKILLed."""
         node = self._pick_node(node_id)
+        self.struck_at = time.time()
         self._remove(node)
         return str(node.node_id)
 

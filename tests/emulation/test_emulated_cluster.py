@@ -146,7 +146,10 @@ def test_killed_worker_makes_ray_train_restart_the_group(emulated, fit_in_thread
     _wait_until_running(emulated, tmp_path)
     assert _attempts(tmp_path) == 1
 
+    before = time.time()
     killed = emulated.kill_worker()
+    # detection is timed from the SIGKILL itself, after the actor look-up that chose the pid
+    assert emulated.struck_at is not None and before <= emulated.struck_at <= time.time()
 
     _wait_for(lambda: _attempts(tmp_path) == 2, what="restarted attempt")
     live = [pid for pids in emulated.train_worker_pids().values() for pid in pids]
