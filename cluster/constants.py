@@ -52,11 +52,12 @@ WORKER_ENV_VARS = {"TF_USE_LEGACY_KERAS": "1"}
 
 #: Ray Train settings the driver sets (unless already in its environment) before ``fit``; Ray
 #: Train propagates them to its controller. Its defaults poll node drains every 5 s and worker
-#: health every 2 s, which alone adds ~3.5 s on average to noticing a preemption or a dead worker;
-#: one poll a second costs a few small RPCs.
+#: health every 2 s, which alone adds ~3.5 s on average to noticing a preemption or a dead worker
+#: (or ranks that ended after a notice's save); a drain poll is one small GCS RPC and a health
+#: poll one small task per worker, so these cost little.
 RAY_TRAIN_ENV_DEFAULTS = {
-    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1",
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "0.25",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
 
 #: Set to 0 to keep ``spotrain run`` (without ``--address`` / ``RAY_ADDRESS``) from joining a
