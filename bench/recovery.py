@@ -25,7 +25,7 @@ training of bench/recovery-job.yaml: the digits MLP, 2 workers) and reads its JS
 
 Targets are printed beside the figures, and spotrain/anchor ratios.
 
-    python bench/recovery.py [--repeats 3] [--periods 30,60,120] [--epochs 80] [--json]
+    python bench/recovery.py [--repeats 3] [--periods 30,60,120] [--epochs 300] [--json]
     python bench/recovery.py --quick --only cold-start      # a smoke test of one part
     python bench/recovery.py --only faults --faults kill-driver,kill-worker
 
@@ -373,7 +373,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per fault kind (median)")
     parser.add_argument("--periods", default="30,60,120", help="seconds between preemptions")
-    parser.add_argument("--epochs", type=int, default=80, help="epochs of the goodput runs")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=300,
+        help="epochs of the goodput runs (300: ~4 min of training here, several periods)",
+    )
     parser.add_argument(
         "--fault-epochs",
         type=int,
