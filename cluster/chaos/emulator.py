@@ -212,10 +212,9 @@ class Emulator:
                     target = f"pid {driver.pid}"
         except EmulationError as exc:
             skipped = str(exc)
+        # timed from the blow itself, not from the look-ups that chose its target
         struck = cluster.struck_at
-        if (
-            struck is not None and struck > wall
-        ):  # timed from the blow, not from choosing its target
+        if struck is not None and struck > wall:
             at_s, wall = at_s + (struck - wall), struck
         self._result.faults.append(InjectedFault(fault, at_s, wall, target, skipped))
         self._note(fault.kind.value, f"skipped: {skipped}" if skipped else target)
