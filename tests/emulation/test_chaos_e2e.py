@@ -25,6 +25,8 @@ JOB = "examples/digits.yaml"
 EPOCHS = "3"
 #: The random schedule spans ~90 s of faults; the run must outlast it.
 RANDOM_EPOCHS = "12"
+#: Long enough that a kill 20 s into training lands (~35 s of training on 2 cores).
+WARM_EPOCHS = "30"
 
 
 def _env() -> dict[str, str]:
@@ -102,10 +104,18 @@ def _emulate(
 
 
 def _check_run(report: dict[str, Any], run_url: str, reference: dict[str, Any]) -> list[dict]:
-    assert report["status"]["state"] == "SUCCEEDED"
-    got, state = committed_tensors(RunLocation.from_url(run_url))
-    assert state["world_size"] == 2
+    """The run ended bitwise equal to ``reference``, and its record is sound."""
+    got, _ = committed_tensors(RunLocation.from_url(run_url))
     assert differing_tensors(reference, got) == []
+    return _check_record(report, run_url)
+
+
+def _check_record(report: dict[str, Any], run_url: str) -> list[dict]:
+    """The run succeeded with 2 workers, every fault landed and was noticed, and no restore
+    loaded an uncommitted or corrupt checkpoint; returns the run's events."""
+    assert report["status"]["state"] == "SUCCEEDED"
+    _, state = committed_tensors(RunLocation.from_url(run_url))
+    assert state["world_size"] == 2
 
     events = _events(run_url)
     kinds = [e["kind"] for e in events]
@@ -149,16 +159,18 @@ def test_kill_worker(tmp_path, reference):
     _check_run(report, run_url, reference)
 
 
-def test_a_worker_restarted_after_a_fault_was_warm(tmp_path, references):
+def test_a_worker_restarted_after_a_fault_was_warm(tmp_path):
     """Once training runs, each worker asks its raylet for a spare process in its runtime env;
     the preload (``trainer.warm``) imports TensorFlow there. The worker group restarted after
     the kill takes the spares: its chief imported TensorFlow before the fault, not after.
     The kill comes 20 s into training: on a 2-core machine two spares import TensorFlow while
-    two workers train, and were seen still importing 12 s in."""
+    two workers train, and were seen still importing 12 s in. The run trains ~35 s, so the kill
+    lands (12 epochs now train in under 20 s and the run ended first); the other chaos tests
+    show the bitwise equality, so this one checks the record without a reference run."""
     report, run_url = _emulate(
-        tmp_path, "--clock", "training", "--chaos", "kill-worker@20s", epochs=RANDOM_EPOCHS
+        tmp_path, "--clock", "training", "--chaos", "kill-worker@20s", epochs=WARM_EPOCHS
     )
-    events = _check_run(report, run_url, references(RANDOM_EPOCHS))
+    events = _check_record(report, run_url)
     fault = next(f for f in report["faults"] if f["kind"] == "kill-worker" and not f["skipped"])
     after = [e for e in events if e["kind"] == "restore" and e["time"] > fault["wall_time"]]
     assert after, "no restore after the fault"
