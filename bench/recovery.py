@@ -14,9 +14,12 @@ training of bench/recovery-job.yaml: the digits MLP, 2 workers) and reads its JS
 2. goodput with a noticed preemption (drain-node) every T seconds: the training time of an
    uninterrupted run of the same job, measured in this run, divided by the training time under
    preemptions, with the lost time broken down. Both clocks start when the training workers are
-   first up, so cluster and driver start-up count in neither. A replacement node is added with
-   each notice (a warm spare): the figures are spotrain's and Ray's cost, not the wait for the
-   cloud to supply a machine.
+   first up, so cluster and driver start-up count in neither. Each drained node's replacement
+   joins ``STANDBY_LEAD_S`` before the notice (``--replacement standby``, the default: capacity
+   that is already there holds a warm spare, as in the ``-standby`` faults), or with the notice
+   (``--replacement at-notice``: a cold machine whose processes import TensorFlow after it
+   joins). The figures are spotrain's and Ray's cost, not the wait for the cloud to supply a
+   machine.
 
 3. cold start (bench/cold_start.py): launch -> first training step of a fresh ``spotrain run``
    beside the anchor's launch -> ``fit`` start (Ray's own TensorflowTrainer + tf-keras script).
@@ -59,6 +62,10 @@ DRAIN_DEADLINE_S = 8
 #: importing (restart 11.5 s, not warm; 8.4 s warm at 30 s). Real preemptions come minutes apart.
 FAULT_AT_S = 30
 STANDBY_AT_S = 5  # a standby node joins this long after the workers are up
+#: Goodput runs (``--replacement standby``): a drained node's replacement joins this long before
+#: the notice (at most half the period), time for its spare to import TensorFlow.
+STANDBY_LEAD_S = 25
+REPLACEMENTS = ("standby", "at-notice")
 FAULTS = {
     "kill-worker": f"kill-worker@{FAULT_AT_S}s",
     "drain-node": f"drain-node@{FAULT_AT_S}s:deadline={DRAIN_DEADLINE_S},add-node@{FAULT_AT_S}s",
@@ -213,7 +220,23 @@ def anchor_table(repeats: int, epochs: int, base: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def goodput_table(periods: list[float], epochs: int, base: Path) -> list[dict[str, Any]]:
+def preemption_schedule(period: float, until_s: float, replacement: str) -> str:
+    """The chaos of a goodput run: a drain every ``period`` seconds up to ``until_s``, each with
+    its replacement node (``REPLACEMENTS``)."""
+    lead = min(STANDBY_LEAD_S, period / 2) if replacement == "standby" else 0.0
+    items = []
+    for k in range(1, int(until_s / period) + 2):
+        at = k * period
+        items += [
+            f"add-node@{max(1.0, at - lead):g}s",
+            f"drain-node@{at:g}s:deadline={DRAIN_DEADLINE_S}",
+        ]
+    return ",".join(items)
+
+
+def goodput_table(
+    periods: list[float], epochs: int, base: Path, replacement: str
+) -> list[dict[str, Any]]:
     reference = emulate(None, epochs, base / "baseline-first")
     baseline = training_s(reference)
     step_s = baseline / max(1, int(reference["status"].get("global_step") or 1))
@@ -227,15 +250,13 @@ def goodput_table(periods: list[float], epochs: int, base: Path) -> list[dict[st
         }
     ]
     for period in periods:
-        items = []
-        for k in range(1, int(3 * baseline / period) + 2):
-            at = k * period
-            items += [f"drain-node@{at:g}s:deadline={DRAIN_DEADLINE_S}", f"add-node@{at:g}s"]
-        report = emulate(",".join(items), epochs, base / f"period-{period:g}")
+        chaos = preemption_schedule(period, 3 * baseline, replacement)
+        report = emulate(chaos, epochs, base / f"period-{period:g}")
         took = training_s(report)
         costs = report["costs"]
         row: dict[str, Any] = {
             "period_s": period,
+            "replacement": replacement,
             "training_s": took,
             "goodput": baseline / took,
             "preemptions": len(costs),
@@ -322,7 +343,8 @@ def print_cold_start(row: dict[str, Any], repeats: int) -> None:
 def print_goodput_table(goodput: list[dict[str, Any]]) -> None:
     base = goodput[0]
     print(
-        f"\ngoodput under a noticed preemption (drain-node + a spare node) every T seconds; "
+        f"\ngoodput under a noticed preemption (drain-node, its replacement joining "
+        f"{goodput[-1]['replacement']}) every T seconds; "
         f"uninterrupted: {base['first_s']:.0f}s first, {base['last_s']:.0f}s last "
         f"(mean {base['training_s']:.0f}s), {base['step_s'] * 1000:.0f} ms/step"
     )
@@ -386,6 +408,13 @@ def main() -> int:
         help="epochs of the fault runs: long enough that training runs past the fault "
         f"({FAULT_AT_S}s after the workers are up)",
     )
+    parser.add_argument(
+        "--replacement",
+        choices=REPLACEMENTS,
+        default="standby",
+        help=f"goodput runs: a drained node's replacement joins {STANDBY_LEAD_S}s before the "
+        "notice (standby: it holds a warm spare) or with it (at-notice: a cold machine)",
+    )
     parser.add_argument("--only", choices=PARTS, action="append", help="run these parts only")
     parser.add_argument("--faults", help=f"fault kinds to run (default all: {','.join(FAULTS)})")
     parser.add_argument(
@@ -414,7 +443,9 @@ def main() -> int:
         if "anchor" in parts:
             results["anchor"] = anchor_table(args.repeats, args.fault_epochs, Path(tmp) / "anchor")
         if "goodput" in parts:
-            results["goodput"] = goodput_table(periods, args.epochs, Path(tmp) / "goodput")
+            results["goodput"] = goodput_table(
+                periods, args.epochs, Path(tmp) / "goodput", args.replacement
+            )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
