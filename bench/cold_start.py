@@ -113,7 +113,8 @@ def anchor_cold_start(workdir: Path) -> dict[str, Any]:
 
 def anchor_restart(kind: str, workdir: Path, epochs: int, fault_at_s: float) -> dict[str, Any]:
     """The anchor on an emulated 2-node cluster, one ``kind`` fault (kill-worker, kill-node)
-    ``fault_at_s`` after its first step."""
+    ``fault_at_s`` after its first step; the anchor is stopped once it trained a step after
+    Ray Train restarted it (what it would train after that is not what is measured)."""
     import ray
 
     if str(REPO) not in sys.path:  # this checkout's cluster package, not an installed one
@@ -131,12 +132,14 @@ def anchor_restart(kind: str, workdir: Path, epochs: int, fault_at_s: float) -> 
                 _anchor_cmd(workdir, epochs), env=env, stdout=log, stderr=subprocess.STDOUT
             )
             try:
-                while not any(m[0] == "step" for m in _marks(marks_path)):
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"anchor ended before training (log: {log.name})")
-                    time.sleep(0.1)
-                first = next(t for what, t, _ in _marks(marks_path) if what == "step")
+                first = _wait_for_mark(proc, marks_path, "step", after=0.0, log=log.name)
                 time.sleep(max(0.0, first + fault_at_s - time.time()))
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"the anchor's {epochs} epochs ended before its {kind} fault "
+                        f"{fault_at_s:g}s after its first step; fix: raise --fault-epochs "
+                        f"(log: {log.name})"
+                    )
                 at_fault = _marks(marks_path)[-1][2]
                 fault_t = time.time()
                 if kind == "kill-worker":
@@ -144,7 +147,8 @@ def anchor_restart(kind: str, workdir: Path, epochs: int, fault_at_s: float) -> 
                 else:
                     cluster.kill_node()
                     cluster.add_node()
-                code = proc.wait(timeout=900)
+                restarted = _wait_for_mark(proc, marks_path, "fit_start", fault_t, log.name)
+                _wait_for_mark(proc, marks_path, "step", restarted, log.name)
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -152,10 +156,30 @@ def anchor_restart(kind: str, workdir: Path, epochs: int, fault_at_s: float) -> 
                 log.close()
         finally:
             ray.shutdown()
-    if code != 0:
-        raise RuntimeError(f"anchor exited {code} (log: {workdir / 'anchor.log'})")
     marks = _marks(marks_path)
     restart = next(i for i, m in enumerate(marks) if m[0] == "fit_start" and m[1] > fault_t)
     resumed_from = marks[restart][2]
     after = next(m for m in marks[restart:] if m[0] == "step")
     return {"recovery_s": after[1] - fault_t, "steps_lost": max(0, at_fault - resumed_from)}
+
+
+def _wait_for_mark(
+    proc: subprocess.Popen[bytes],
+    marks_path: Path,
+    what: str,
+    after: float,
+    log: str,
+    timeout_s: float = 600.0,
+) -> float:
+    """The time of the anchor's first ``what`` mark later than ``after``; waits for it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = [t for name, t, _ in _marks(marks_path) if name == what and t > after]
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the anchor exited {proc.returncode} before its {what!r} mark (log: {log})"
+            )
+        time.sleep(0.1)
+    raise RuntimeError(f"no {what!r} mark from the anchor in {timeout_s:g}s (log: {log})")
