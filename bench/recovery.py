@@ -461,34 +461,27 @@ def main() -> int:
     results["tf_import_s"] = tensorflow_import_s()
     results["errors"] = {}
     with _stdout_to_stderr(), tempfile.TemporaryDirectory(prefix="spotrain-bench-") as tmp:
-        runs = {
-            "cold-start": (
-                "cold_start",
-                lambda: cold_start_table(args.repeats, Path(tmp) / "cold"),
-            ),
-            "faults": (
+        base = Path(tmp)
+        # in this order: the cold start first, on a machine no earlier run has loaded
+        runs = (
+            ("cold-start", lambda: cold_start_table(args.repeats, base / "cold")),
+            (
                 "faults",
-                lambda: fault_table(args.repeats, args.fault_epochs, Path(tmp) / "faults", kinds),
+                lambda: fault_table(args.repeats, args.fault_epochs, base / "faults", kinds),
             ),
-            "anchor": (
-                "anchor",
-                lambda: anchor_table(args.repeats, args.fault_epochs, Path(tmp) / "anchor"),
-            ),
-            "goodput": (
+            ("anchor", lambda: anchor_table(args.repeats, args.fault_epochs, base / "anchor")),
+            (
                 "goodput",
-                lambda: goodput_table(
-                    periods, args.epochs, Path(tmp) / "goodput", args.replacement
-                ),
+                lambda: goodput_table(periods, args.epochs, base / "goodput", args.replacement),
             ),
-        }
-        for part in PARTS:
+        )
+        for part, run in runs:
             if part not in parts:
                 continue
-            key, run = runs[part]
             # a part that fails (a run that ended before its fault, a cluster that could not
             # start) is reported; the other parts' figures are still printed
             try:
-                results[key] = run()
+                results[part.replace("-", "_")] = run()
             except Exception as exc:  # one part's failure must not lose the others' figures
                 results["errors"][part] = f"{type(exc).__name__}: {exc}"
                 print(f"  {part} failed: {exc}", file=sys.stderr)
