@@ -20,6 +20,7 @@ local shuffle: a global batch draws from one or two windows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _ROUNDS = 4
+#: Feistel halves up to this many bits get each round's function tabulated (8 bytes x 2**bits).
+ROUND_TABLE_BITS = 16
 #: Windows up to this many examples get their whole permutation computed once (8 bytes each).
 WINDOW_TABLE_MAX = 1 << 21
 #: Purposes of the keys derived from (seed, epoch): the block order, and each window's order.
@@ -50,17 +53,66 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
 
     A balanced 4-round Feistel network on the smallest even number of bits that covers ``n``,
     with cycle walking for values >= n (at most 4x the domain, so a few rounds on average).
-    The rounds work in place on two scratch arrays (a window's table is 8 bytes x its size).
+    A round's function depends on the right half only: up to ``ROUND_TABLE_BITS`` bits it is
+    tabulated once per call (2**half values, e.g. 2048 for a 2 M-example window), so a round
+    is a gather and an xor; wider halves compute it (splitmix64's finalizer) in place.
     """
     index = np.asarray(index, dtype=np.uint64)
     if n <= 1:
         return index.astype(np.int64)
-    half = np.uint64(max(1, (int(n - 1).bit_length() + 1) // 2))
-    mask = np.uint64((1 << int(half)) - 1)
+    half = max(1, (int(n - 1).bit_length() + 1) // 2)
     round_keys = [np.uint64(derive_key(key, r)) for r in range(_ROUNDS)]
+    if half <= ROUND_TABLE_BITS:
+        feistel = _tabulated_feistel(half, round_keys)
+    else:
+        feistel = _computed_feistel(half, round_keys)
+    out = feistel(index)
+    walking = np.flatnonzero(out >= np.uint64(n))
+    while len(walking):
+        out[walking] = stepped = feistel(out[walking])
+        walking = walking[stepped >= np.uint64(n)]
+    return out.astype(np.int64)
+
+
+def _round_function(right: np.ndarray, round_key: np.uint64, mask: np.uint64) -> np.ndarray:
+    """``mix(right ^ round_key) & mask`` of a uint64 array (a new array)."""
+    f, scratch = np.bitwise_xor(right, round_key), np.empty_like(right)
+    _mix_in_place(f, scratch)
+    f &= mask
+    return f
+
+
+def _tabulated_feistel(
+    half: int, round_keys: list[np.uint64]
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The Feistel network with each round's function looked up in its table (the same
+    values as ``_computed_feistel``: halves of ``half`` bits fit int64 indices)."""
+    mask = (1 << half) - 1
+    tables = [
+        _round_function(np.arange(mask + 1, dtype=np.uint64), rk, np.uint64(mask)).astype(np.int64)
+        for rk in round_keys
+    ]
 
     def feistel(x: np.ndarray) -> np.ndarray:
+        x = x.view(np.int64)  # values < 2**(2 * half) <= 2**32: the same bits
         left, right = x >> half, x & mask
+        for table in tables:  # left, right = right, left ^ f(right)
+            f = table[right]
+            f ^= left
+            left, right = right, f
+        left <<= half
+        left |= right
+        return left.view(np.uint64)
+
+    return feistel
+
+
+def _computed_feistel(half: int, round_keys: list[np.uint64]) -> Callable[[np.ndarray], np.ndarray]:
+    """The Feistel network, each round's function computed in place on two scratch arrays."""
+    shift, mask = np.uint64(half), np.uint64((1 << half) - 1)
+
+    def feistel(x: np.ndarray) -> np.ndarray:
+        left, right = x >> shift, x & mask
         f, scratch = np.empty_like(x), np.empty_like(x)
         for rk in round_keys:  # left, right = right, left ^ (mix(right ^ rk) & mask)
             np.bitwise_xor(right, rk, out=f)
@@ -68,16 +120,11 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
             f &= mask
             f ^= left
             left, right, f = right, f, left
-        left <<= half
+        left <<= shift
         left |= right
         return left
 
-    out = feistel(index)
-    walking = np.flatnonzero(out >= np.uint64(n))
-    while len(walking):
-        out[walking] = stepped = feistel(out[walking])
-        walking = walking[stepped >= np.uint64(n)]
-    return out.astype(np.int64)
+    return feistel
 
 
 def _mix_in_place(x: np.ndarray, scratch: np.ndarray) -> None:
@@ -148,7 +195,27 @@ class EpochOrder:
         """Example indices of positions [start, stop) of the epoch."""
         if not 0 <= start <= stop <= self.examples:
             raise ValueError(f"positions [{start}, {stop}) outside [0, {self.examples})")
-        return self.at(np.arange(start, stop, dtype=np.int64))
+        if not self.shuffle:
+            return np.arange(start, stop, dtype=np.int64)
+        parts = []
+        for w, (a, b) in self._spans(start, stop):
+            w_start, w_len = self._window_span(w)
+            if w_len <= WINDOW_TABLE_MAX:  # a run of the window's table: a copy, no gather
+                parts.append(self._window_examples(w)[a - w_start : b - w_start])
+            else:
+                parts.append(self.at(np.arange(a, b, dtype=np.int64)))
+        return np.concatenate(parts) if len(parts) != 1 else parts[0].copy()
+
+    def _spans(self, start: int, stop: int) -> list[tuple[int, tuple[int, int]]]:
+        """(window, [a, b)) of each window's part of positions [start, stop)."""
+        if start == stop:
+            return [(0, (start, stop))]
+        first, last = (
+            np.searchsorted(self._window_starts, [start, stop - 1], side="right") - 1
+        ).tolist()
+        bounds = self._window_starts[first + 1 : last + 1].tolist()
+        edges = [start, *bounds, stop]
+        return [(first + i, (edges[i], edges[i + 1])) for i in range(last - first + 1)]
 
     def _window_examples(self, w: int) -> np.ndarray:
         """Example index of every position of window ``w`` (a window up to WINDOW_TABLE_MAX

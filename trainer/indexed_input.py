@@ -87,10 +87,15 @@ class IndexedInput:
         self, epoch: int, first_step: int, steps: int, pipeline: int = 0, pipelines: int = 1
     ) -> np.ndarray:
         """Example indices of ``steps`` consecutive steps of one pipeline, step after step."""
-        per_pipeline = self.global_batch_size // pipelines
-        starts = (first_step + np.arange(steps)) * self.global_batch_size + pipeline * per_pipeline
-        positions = (starts[:, None] + np.arange(per_pipeline)[None, :]).reshape(-1)
-        return self.order(epoch).at(positions)
+        g = self.global_batch_size
+        per_pipeline = g // pipelines
+        # the steps' positions are one run of the epoch's order (its window tables' runs):
+        # pipeline p keeps its columns of each step
+        run = self.order(epoch).indices(first_step * g, (first_step + steps) * g)
+        if pipelines == 1:
+            return run
+        ours = run.reshape(steps, g)[:, pipeline * per_pipeline : (pipeline + 1) * per_pipeline]
+        return ours.reshape(-1)
 
     def chunks(
         self, initial_epoch: int, initial_step: int, chunk_steps: int
@@ -135,14 +140,22 @@ class IndexedInput:
         # shared; the first read of a (resumed) stream is one step, at any position
         chunk_steps = max(1, self.read_rows // self.global_batch_size)
 
-        def read(chunk: tuple[int, int, int]) -> tuple[np.ndarray, ...]:
+        def indices(chunk: tuple[int, int, int]) -> tuple[int, np.ndarray]:
             epoch, step, n = chunk
-            idx = self.chunk_indices(epoch, step, n, pipeline, pipelines)
+            return n, self.chunk_indices(epoch, step, n, pipeline, pipelines)
+
+        def read(steps_and_indices: tuple[int, np.ndarray]) -> tuple[np.ndarray, ...]:
+            n, idx = steps_and_indices
             return tuple(a.reshape(n, per_pipeline, *a.shape[1:]) for a in source.read(idx))
 
         def rows() -> Iterator[tuple[np.ndarray, ...]]:
             chunks = self.chunks(initial_epoch, initial_step, chunk_steps)
-            yield from read_ahead(read, chunks) if self.overlap_reads else map(read, chunks)
+            if not self.overlap_reads:
+                yield from map(read, map(indices, chunks))
+                return
+            # two stages ahead of the pipeline: the order of the chunk after next, the rows of
+            # the next one
+            yield from read_ahead(read, read_ahead(indices, chunks))
 
         signature = tuple(tf.TensorSpec([None, per_pipeline, *s.shape], s.dtype) for s in flat_spec)
         ds = tf.data.Dataset.from_generator(rows, output_signature=signature).unbatch()

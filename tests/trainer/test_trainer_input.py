@@ -16,7 +16,13 @@ from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError, UserCodeError
 from trainer.file_source_base import UnitLookup
 from trainer.file_sources import open_source
-from trainer.index_order import EpochOrder, permute
+from trainer.index_order import (
+    EpochOrder,
+    _computed_feistel,
+    _tabulated_feistel,
+    derive_key,
+    permute,
+)
 from trainer.indexed_input import IndexedInput
 from trainer.input_store import InputStore
 from trainer.sources import ArraySource
@@ -77,6 +83,24 @@ def test_a_window_draws_from_its_own_blocks_only() -> None:
 def test_feistel_is_a_bijection_for_awkward_sizes() -> None:
     for n in (2, 3, 5, 17, 1023, 1025):
         assert sorted(permute(np.arange(n), n, 99).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("half", [1, 5, 11, 16])
+def test_a_tabulated_feistel_round_gives_the_computed_one(half: int) -> None:
+    """Halves up to ROUND_TABLE_BITS look each round up in a table; wider ones compute it:
+    one network either way (the order must not depend on the domain's size class)."""
+    keys = [np.uint64(derive_key(42, r)) for r in range(4)]
+    x = np.random.default_rng(half).integers(0, 1 << (2 * half), 5000).astype(np.uint64)
+    assert np.array_equal(_tabulated_feistel(half, keys)(x), _computed_feistel(half, keys)(x))
+
+
+def test_a_run_of_positions_is_the_order_of_each_position() -> None:
+    """``indices`` copies runs of the window tables; ``at`` looks positions up one by one."""
+    for order in (EpochOrder(1000, 7, 2, 10, 3), EpochOrder(997, 1, 0, 13, 0)):
+        for start, stop in ((0, 1000), (25, 26), (29, 931), (500, 500), (960, 997)):
+            stop = min(stop, order.examples)
+            want = order.at(np.arange(start, stop))
+            assert np.array_equal(order.indices(start, stop), want)
 
 
 def _input(source, epochs: int = 3) -> IndexedInput:
