@@ -15,6 +15,10 @@ and the final save at train end are outside it):
   ray-sync       ray.train.tensorflow.keras.ReportCheckpointCallback(checkpoint_on="epoch_end")
                  (epoch end = every N steps here), Ray storage on the same SeaweedFS
   ray-async      the same through ray.train.report(..., checkpoint_upload_mode=ASYNC)
+  s3-traffic     plain, while another process uploads a checkpoint-sized object to the same
+                 server every N steps: what the uploads cost this machine (client, loopback,
+                 server and its disk all share the workers' cores), with no spotrain code in the
+                 workers; spotrain-s3's overhead beyond it is spotrain's own
 
 Per variant: the ratio of its steps/s to plain's in the same round, pair by pair; its median
 and a bootstrap 95 % interval (overhead = 1 - ratio); the median time a save blocked a step
@@ -136,8 +140,24 @@ def bench_worker(cfg: dict[str, Any]) -> None:
             if self.epochs_seen < 3:  # in the window
                 TimedRay.blocked.append(time.perf_counter() - t0)
 
+    class ForeignUploads(tf.keras.callbacks.Callback):
+        """Every N steps (rank 0) asks the uploader process for one checkpoint-sized upload."""
+
+        def __init__(self, uploader: Any) -> None:
+            super().__init__()
+            self.uploader = uploader
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % n == 0 and self.uploader is not None:
+                self.uploader.stdin.write(b"x\n")
+                self.uploader.stdin.flush()
+
     results: dict[str, dict[str, list[float]]] = {}
     variants = list(cfg["variants"])
+    uploader = None
+    if "s3-traffic" in variants and worker.rank == 0:
+        ckpt_bytes = 3 * 4 * model.count_params()  # weights and Adam's two slots, float32
+        uploader = start_uploader(cfg["s3_base"], cfg["s3_options"], ckpt_bytes)
     base = tempfile.mkdtemp(prefix=f"bench-overhead-{worker.rank}-")
     segment = 0
     # warm-up segment: traces the train function outside the measurements
@@ -171,6 +191,8 @@ def bench_worker(cfg: dict[str, Any]) -> None:
             elif v == "stock":
                 TimedStock.blocked = []
                 cbs.append(TimedStock(os.path.join(base, f"stock-{segment}")))
+            elif v == "s3-traffic":
+                cbs.append(ForeignUploads(uploader))
             elif v.startswith("ray"):
                 TimedRay.blocked = []
                 cb = TimedRay(checkpoint_on="epoch_end", report_metrics_on="epoch_end")
@@ -197,8 +219,34 @@ def bench_worker(cfg: dict[str, Any]) -> None:
             r["steps_per_s"].append((timer.batches - 1) / (timer.t1 - timer.t0))
             r["blocked_s"].extend(blocked)
     shutil.rmtree(base, ignore_errors=True)
+    if uploader is not None:
+        uploader.stdin.close()
+        uploader.wait(60)
     if worker.rank == 0:
         Path(cfg["out"]).write_text(json.dumps(results))
+
+
+UPLOADER = """
+import os, sys, json, tempfile, fsspec
+base, options, size = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+fs = fsspec.filesystem("s3", **options)
+blob = tempfile.NamedTemporaryFile(delete=False)
+blob.write(os.urandom(size))
+blob.close()
+for i, _ in enumerate(sys.stdin):
+    fs.put_file(blob.name, base.removeprefix("s3://") + f"/s3-traffic/{i % 2}")
+os.unlink(blob.name)
+"""
+
+
+def start_uploader(s3_base: str, options: dict[str, Any], size: int) -> Any:
+    """A process that uploads ``size`` random bytes to ``s3_base`` per line on its stdin."""
+    import subprocess
+
+    return subprocess.Popen(
+        [sys.executable, "-c", UPLOADER, s3_base, json.dumps(options), str(size)],
+        stdin=subprocess.PIPE,
+    )
 
 
 def server_cpu_s(pid: int) -> float:
@@ -285,7 +333,7 @@ def main() -> int:
         server = SeaweedServer.start(tmp / "weed")
         s3_options = server.storage_options
         s3_base = f"s3://{server.bucket}/bench-overhead"
-        variants += ["spotrain-s3", "ray-sync", "ray-async"]
+        variants += ["spotrain-s3", "s3-traffic", "ray-sync", "ray-async"]
         storage_path, storage_fs = ray_storage(server)
     if args.variants:
         variants = ["plain"] + [v for v in args.variants.split(",") if v and v != "plain"]
@@ -331,6 +379,11 @@ def main() -> int:
     ckpt_mb = sum(f.stat().st_size for d in runs for f in d.rglob("ckpt.data*")) / 2**20
     ckpt_mb /= max(1, len(runs))
     summary = summarize(results, variants)
+    if "spotrain-s3" in summary and "s3-traffic" in summary:  # spotrain's part of the S3 cost
+        pairs = zip(
+            results["spotrain-s3"]["steps_per_s"], results["s3-traffic"]["steps_per_s"], strict=True
+        )
+        summary["spotrain-s3"]["vs_s3_traffic"] = pair_stats([a / b for a, b in pairs])
     params = sum(a * b + b for a, b in zip((FEATURES, *units), (*units, CLASSES), strict=True))
     head = {
         "workers": args.workers,
@@ -367,6 +420,13 @@ def main() -> int:
         print(
             f"{v:14s} {row['steps_per_s']:8.2f} {ci:>26s} {over} {blk_s} {row['saves']:6d} "
             f"{server_cpu:>14s}"
+        )
+    beyond = summary.get("spotrain-s3", {}).get("vs_s3_traffic")
+    if beyond:
+        print(
+            f"spotrain-s3 vs s3-traffic (the same uploads from another process): ratio "
+            f"{beyond['median']:.3f} [{beyond['lo']:.3f}, {beyond['hi']:.3f}], overhead beyond "
+            f"the uploads' own cost {(1 - beyond['median']) * 100:.1f}%"
         )
     for mine in ("spotrain-s3", "spotrain-file"):
         if mine not in summary:
