@@ -337,6 +337,8 @@ def main() -> int:
         storage_path, storage_fs = ray_storage(server)
     if args.variants:
         variants = ["plain"] + [v for v in args.variants.split(",") if v and v != "plain"]
+        if server is None and {"spotrain-s3", "s3-traffic"} & set(variants):
+            p.error("spotrain-s3 and s3-traffic need the S3 server: drop --no-s3")
     units, batch = MODELS[args.model]
     try:
         ray.init(
