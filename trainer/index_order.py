@@ -74,12 +74,13 @@ def permute(index: np.ndarray, n: int, key: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def _round_function(right: np.ndarray, round_key: np.uint64, mask: np.uint64) -> np.ndarray:
-    """``mix(right ^ round_key) & mask`` of a uint64 array (a new array)."""
-    f, scratch = np.bitwise_xor(right, round_key), np.empty_like(right)
-    _mix_in_place(f, scratch)
-    f &= mask
-    return f
+def _round_function(
+    right: np.ndarray, round_key: np.uint64, mask: np.uint64, out: np.ndarray, scratch: np.ndarray
+) -> None:
+    """``out = mix(right ^ round_key) & mask`` on uint64 arrays (``scratch``: same shape)."""
+    np.bitwise_xor(right, round_key, out=out)
+    _mix_in_place(out, scratch)
+    out &= mask
 
 
 def _tabulated_feistel(
@@ -88,10 +89,12 @@ def _tabulated_feistel(
     """The Feistel network with each round's function looked up in its table (the same
     values as ``_computed_feistel``: halves of ``half`` bits fit int64 indices)."""
     mask = (1 << half) - 1
-    tables = [
-        _round_function(np.arange(mask + 1, dtype=np.uint64), rk, np.uint64(mask)).astype(np.int64)
-        for rk in round_keys
-    ]
+    rights = np.arange(mask + 1, dtype=np.uint64)
+    tables = []
+    for rk in round_keys:
+        table, scratch = np.empty_like(rights), np.empty_like(rights)
+        _round_function(rights, rk, np.uint64(mask), table, scratch)
+        tables.append(table.view(np.int64))  # values <= mask: the same bits
 
     def feistel(x: np.ndarray) -> np.ndarray:
         x = x.view(np.int64)  # values < 2**(2 * half) <= 2**32: the same bits
@@ -114,10 +117,8 @@ def _computed_feistel(half: int, round_keys: list[np.uint64]) -> Callable[[np.nd
     def feistel(x: np.ndarray) -> np.ndarray:
         left, right = x >> shift, x & mask
         f, scratch = np.empty_like(x), np.empty_like(x)
-        for rk in round_keys:  # left, right = right, left ^ (mix(right ^ rk) & mask)
-            np.bitwise_xor(right, rk, out=f)
-            _mix_in_place(f, scratch)
-            f &= mask
+        for rk in round_keys:  # left, right = right, left ^ f(right)
+            _round_function(right, rk, mask, f, scratch)
             f ^= left
             left, right, f = right, f, left
         left <<= shift
@@ -195,7 +196,7 @@ class EpochOrder:
         """Example indices of positions [start, stop) of the epoch."""
         if not 0 <= start <= stop <= self.examples:
             raise ValueError(f"positions [{start}, {stop}) outside [0, {self.examples})")
-        if not self.shuffle:
+        if not self.shuffle or start == stop:
             return np.arange(start, stop, dtype=np.int64)
         parts = []
         for w, (a, b) in self._spans(start, stop):
@@ -204,12 +205,10 @@ class EpochOrder:
                 parts.append(self._window_examples(w)[a - w_start : b - w_start])
             else:
                 parts.append(self.at(np.arange(a, b, dtype=np.int64)))
-        return np.concatenate(parts) if len(parts) != 1 else parts[0].copy()
+        return np.concatenate(parts)  # a new array: the tables stay as they are
 
     def _spans(self, start: int, stop: int) -> list[tuple[int, tuple[int, int]]]:
-        """(window, [a, b)) of each window's part of positions [start, stop)."""
-        if start == stop:
-            return [(0, (start, stop))]
+        """(window, [a, b)) of each window's part of the positions [start, stop), start < stop."""
         first, last = (
             np.searchsorted(self._window_starts, [start, stop - 1], side="right") - 1
         ).tolist()
