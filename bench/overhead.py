@@ -380,13 +380,15 @@ def main() -> int:
     runs = [d for d in (tmp / "runs").glob("run-*") if d.is_dir()]
     ckpt_mb = sum(f.stat().st_size for d in runs for f in d.rglob("ckpt.data*")) / 2**20
     ckpt_mb /= max(1, len(runs))
+    params = sum(a * b + b for a, b in zip((FEATURES, *units), (*units, CLASSES), strict=True))
+    if not runs:  # no spotrain-file run to measure: the weights and Adam's two slots, float32
+        ckpt_mb = 3 * 4 * params / 2**20
     summary = summarize(results, variants)
     if "spotrain-s3" in summary and "s3-traffic" in summary:  # spotrain's part of the S3 cost
         pairs = zip(
             results["spotrain-s3"]["steps_per_s"], results["s3-traffic"]["steps_per_s"], strict=True
         )
         summary["spotrain-s3"]["vs_s3_traffic"] = pair_stats([a / b for a, b in pairs])
-    params = sum(a * b + b for a, b in zip((FEATURES, *units), (*units, CLASSES), strict=True))
     head = {
         "workers": args.workers,
         "model": args.model,
