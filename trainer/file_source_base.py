@@ -22,7 +22,7 @@ import numpy as np
 from trainer.constants import DEFAULT_ROW_CACHE_BYTES
 from trainer.data_spec import FileSource
 from trainer.errors import DataSourceError
-from trainer.sources import Source
+from trainer.sources import Source, aligned_empty, take_rows
 
 import tensorflow as tf  # isort: skip
 
@@ -125,7 +125,7 @@ class UnitSlab:
         for unit, arrays in self._load(missing):
             self._fill(self._free_slot(), unit, arrays)
         rows = self._slot_of[units] * self.slot_rows + (indices - self._starts[units])
-        return [np.take(a, rows, axis=0) for a in self._arrays]
+        return [take_rows(a, rows) for a in self._arrays]
 
     def _grow(self, slots: int) -> None:
         old = len(self._unit_in)
@@ -281,7 +281,7 @@ class ColumnSource(Source):
             self.counter.add(len(indices))
             return taken
         out = [
-            np.empty((len(indices), *s.shape), dtype=s.dtype.as_numpy_dtype)
+            aligned_empty((len(indices), *s.shape), s.dtype.as_numpy_dtype)
             for s in tf.nest.flatten(self.raw_spec)
         ]
         by_unit = np.argsort(units, kind="stable")

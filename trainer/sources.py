@@ -29,6 +29,32 @@ import tensorflow as tf  # isort: skip
 
 logger = logging.getLogger(__name__)
 
+#: Alignment of the arrays ``read`` returns: TensorFlow takes a NumPy array that a
+#: ``from_generator`` yields without copying it when its data is aligned to
+#: ``EIGEN_MAX_ALIGN_BYTES`` (64 at most); NumPy's own allocations are 16-byte aligned, and each
+#: was copied (a chunk of 65 536 rows: ~2.5 ms, a tenth of the input's time per epoch here).
+ALIGN_BYTES = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """An uninitialized C-contiguous array whose data starts on an ``ALIGN_BYTES`` boundary
+    (object arrays: a plain ``np.empty``; TensorFlow copies strings anyway)."""
+    dtype = np.dtype(dtype)
+    if dtype.hasobject:
+        return np.empty(shape, dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN_BYTES, np.uint8)
+    start = -raw.ctypes.data % ALIGN_BYTES
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` (rows along the first axis) into a new aligned array. ``rows`` must be
+    in range (the callers compute them): NumPy buffers ``out`` for ``mode="raise"``, a copy
+    this skips."""
+    out = aligned_empty((len(rows), *array.shape[1:]), array.dtype)
+    return np.take(array, rows, axis=0, out=out, mode="clip")
+
 
 @dataclass
 class ReadCounter:
@@ -116,7 +142,7 @@ class ArraySource(Source):
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         self.counter.add(len(indices))
-        return [np.take(a, indices, axis=0) for a in self._flat]
+        return [take_rows(a, indices) for a in self._flat]
 
 
 def arrays_of(value: Any) -> Any:

@@ -25,7 +25,7 @@ from trainer.index_order import (
 )
 from trainer.indexed_input import IndexedInput
 from trainer.input_store import InputStore
-from trainer.sources import ArraySource
+from trainer.sources import ALIGN_BYTES, ArraySource, aligned_empty
 
 N, G = 100, 8
 MAPS = "tests/trainer/input_maps.py"
@@ -165,6 +165,38 @@ def test_a_resume_reads_only_the_rows_of_its_first_batch(tmp_path: Path) -> None
     assert src.counter.bytes - footers < 4 * 2 * 25 * 3 * 8 * 2
 
 
+def test_tensorflow_takes_an_aligned_array_a_generator_yields_without_a_copy() -> None:
+    """The stack fact reads rely on (TF 2.21): ``from_generator`` wraps a NumPy array aligned to
+    ``ALIGN_BYTES`` (the tensor shares its buffer) and copies a misaligned one. So a read returns
+    new aligned arrays, and nothing changes them once yielded."""
+    import tensorflow as tf
+
+    aligned = aligned_empty((512, 3), np.float32)
+    raw = np.empty(512 * 3 * 4 + 2 * ALIGN_BYTES, np.uint8)
+    start = -raw.ctypes.data % ALIGN_BYTES + 16  # 16 bytes past a boundary: NumPy's alignment
+    misaligned = raw[start : start + 512 * 3 * 4].view(np.float32).reshape(512, 3)
+    assert aligned.ctypes.data % ALIGN_BYTES == 0 and misaligned.ctypes.data % ALIGN_BYTES
+    for array, shared in ((aligned, True), (misaligned, False)):
+        array[...] = 1
+        ds = tf.data.Dataset.from_generator(
+            lambda a=array: iter([a]), output_signature=tf.TensorSpec([512, 3], tf.float32)
+        )
+        tensor = next(iter(ds))
+        array[...] = 2
+        assert (float(tensor[0, 0]) == 2) is shared
+
+
+def test_array_source_reads_aligned_copies_of_its_rows() -> None:
+    x, y = _arrays()
+    rows = np.array([5, 0, N - 1, 7])
+    got = ArraySource((x, y)).read(rows)
+    assert np.array_equal(got[0], x[rows]) and np.array_equal(got[1], y[rows])
+    assert all(a.ctypes.data % ALIGN_BYTES == 0 and a.flags.c_contiguous for a in got)
+    assert not np.shares_memory(got[0], x)
+    strings = ArraySource((np.array([b"a", b"bc", b"d"], dtype=object), y[:3])).read(rows[:2] % 3)
+    assert list(strings[0]) == [b"d", b"a"]
+
+
 @pytest.mark.parametrize(("window", "max_bytes"), [(2, 2**30), (0, 2**30), (0, 600)])
 def test_parquet_rows_read_through_the_slab_are_the_files_rows(
     tmp_path: Path, window: int, max_bytes: int, monkeypatch: pytest.MonkeyPatch
@@ -184,6 +216,7 @@ def test_parquet_rows_read_through_the_slab_are_the_files_rows(
         for part in np.array_split(idx, 5):
             got_x, got_y = src.read(part)
             assert np.array_equal(got_x, x[part]) and np.array_equal(got_y, y[part])
+            assert got_x.ctypes.data % ALIGN_BYTES == 0 and got_y.ctypes.data % ALIGN_BYTES == 0
     slab = src._slab
     if max_bytes < 2**30:
         assert slab.nbytes <= max_bytes
