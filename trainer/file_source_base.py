@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import fsspec
@@ -78,13 +78,14 @@ class UnitSlab:
     Slots are ``slot_rows`` (the largest unit) long. The slab starts with ``capacity`` slots and
     grows when one read needs more units at once (e.g. ``window_blocks: 0``, where a read
     touches every row group), up to ``max_bytes``; a read that needs more returns None (the
-    caller reads unit by unit)."""
+    caller reads unit by unit). ``load`` writes the rows of the units a read misses straight
+    into the slots it gets (no per-unit arrays to copy in)."""
 
     def __init__(
         self,
         unit_starts: np.ndarray,
         specs: Sequence[tf.TensorSpec],
-        load: Callable[[list[int]], Iterable[tuple[int, list[np.ndarray]]]],
+        load: Callable[[dict[int, list[np.ndarray]]], None],
         capacity: int,
         max_bytes: int,
     ) -> None:
@@ -122,8 +123,15 @@ class UnitSlab:
         for slot in self._slot_of[needed]:
             if slot >= 0:
                 self._used[int(slot)] = self._reads
-        for unit, arrays in self._load(missing):
-            self._fill(self._free_slot(), unit, arrays)
+        claimed: dict[int, list[np.ndarray]] = {}
+        try:
+            for unit in missing:
+                claimed[unit] = self._claim(self._free_slot(), unit)
+            self._load(claimed)  # each unit's rows go straight into its slot
+        except BaseException:
+            for unit in claimed:  # half-written slots hold no unit
+                self._release(unit)
+            raise
         rows = self._slot_of[units] * self.slot_rows + (indices - self._starts[units])
         return [take_rows(a, rows) for a in self._arrays]
 
@@ -142,15 +150,23 @@ class UnitSlab:
         assert self._used[slot] < self._reads, "a read needs more units than the slab holds"
         return slot
 
-    def _fill(self, slot: int, unit: int, arrays: list[np.ndarray]) -> None:
+    def _claim(self, slot: int, unit: int) -> list[np.ndarray]:
+        """Give ``slot`` to ``unit`` (its previous unit leaves the slab); the slot's rows, one
+        view per column, for the unit's rows to be written into."""
         if self._unit_in[slot] >= 0:
             self._slot_of[self._unit_in[slot]] = -1
-        at = slot * self.slot_rows
-        for dst, src in zip(self._arrays, arrays, strict=True):
-            dst[at : at + len(src)] = src
         self._unit_in[slot] = unit
         self._slot_of[unit] = slot
         self._used[slot] = self._reads
+        at = slot * self.slot_rows
+        rows = int(self._starts[unit + 1] - self._starts[unit])
+        return [a[at : at + rows] for a in self._arrays]
+
+    def _release(self, unit: int) -> None:
+        slot = int(self._slot_of[unit])
+        self._slot_of[unit] = -1
+        self._unit_in[slot] = -1
+        self._used[slot] = 0
 
 
 class UnitLookup:
@@ -200,6 +216,14 @@ class RowCache:
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
         return value
+
+
+def _store(dst: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    """``values``, written into ``dst`` when there is one."""
+    if dst is None:
+        return values
+    dst[...] = values
+    return dst
 
 
 def float32(a: np.ndarray) -> np.ndarray:
@@ -263,11 +287,11 @@ class ColumnSource(Source):
         """A unit's rows as ``read`` returns them (converted once, then cached)."""
         return list(tf.nest.flatten(self._raw_rows(self.load_unit(unit))))
 
-    def load_units(self, units: list[int]) -> Iterator[tuple[int, list[np.ndarray]]]:
-        """(unit, its rows as ``read`` returns them) of each of ``units``, one after another
-        (a source may load them concurrently)."""
-        for unit in units:
-            yield unit, self.unit_raw(unit)
+    def load_units(self, into: dict[int, list[np.ndarray]]) -> None:
+        """Write each unit's rows, as ``read`` returns them, into its arrays ``into[unit]``, one
+        unit after another (a source may load them concurrently)."""
+        for unit, out in into.items():
+            self._raw_rows(self.load_unit(unit), out)
 
     def read(self, indices: np.ndarray) -> list[np.ndarray]:
         with self._read_lock:  # pipelines of one process share the slab and the cache
@@ -295,21 +319,27 @@ class ColumnSource(Source):
         self.counter.add(len(indices))
         return out
 
-    def _raw_rows(self, cols: dict[str, np.ndarray]) -> Any:
+    def _raw_rows(self, cols: dict[str, np.ndarray], out: list[np.ndarray] | None = None) -> Any:
+        """A unit's columns as ``read``'s rows; written into ``out`` (one array per flat entry of
+        ``raw_spec``, as long as the unit) when given."""
         if self.map_fn is not None:
+            if out is not None:
+                for dst, src in zip(out, tf.nest.flatten((cols,)), strict=True):
+                    dst[...] = src
             return (cols,)
         spec = self.spec
         feats = [cols[f] for f in spec.features]
+        into: list[np.ndarray | None] = [*out] if out is not None else [None, None, None]
         if len(feats) == 1 and feats[0].ndim > 1:
-            x = float32(feats[0])
+            x = _store(into[0], float32(feats[0]))
         else:  # one pass per column, cast on assignment (no float32 copies, no stack)
-            x = np.empty((len(feats[0]), len(feats)), np.float32)
+            x = np.empty((len(feats[0]), len(feats)), np.float32) if into[0] is None else into[0]
             for j, f in enumerate(feats):
                 x[:, j] = f
-        out = [x, float32(cols[str(spec.label)])]
+        rows = [x, _store(into[1], float32(cols[str(spec.label)]))]
         if spec.weight is not None:
-            out.append(cols[spec.weight].astype(np.float32))
-        return tuple(out)
+            rows.append(_store(into[2], cols[spec.weight].astype(np.float32)))
+        return tuple(rows)
 
     def _raw_spec(self) -> Any:
         probe = {

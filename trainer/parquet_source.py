@@ -16,8 +16,8 @@ maps and hands to the model only its own ``G/W`` rows per step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -186,25 +186,24 @@ class ParquetSource(ColumnSource):
             return probe
         return self._read_unit(unit)
 
-    def load_units(self, units: list[int]) -> Iterator[tuple[int, list[np.ndarray]]]:
+    def load_units(self, into: dict[int, list[np.ndarray]]) -> None:
         """Row groups of different files are read concurrently (``READ_THREADS``: on S3 a
         window's row groups cost about one request's latency, not one per row group); the row
         groups of one file one after another, on one thread (one ``ParquetFile`` each)."""
-        by_file: dict[int, list[int]] = {}
-        for unit in units:
-            by_file.setdefault(self._units[unit][0], []).append(unit)
+        by_file: dict[int, dict[int, list[np.ndarray]]] = {}
+        for unit, out in into.items():
+            by_file.setdefault(self._units[unit][0], {})[unit] = out
         if len(by_file) < 2:
-            yield from super().load_units(units)
+            super().load_units(into)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(READ_THREADS, "spotrain-parquet")
-
-        def load(file_units: list[int]) -> list[tuple[int, list[np.ndarray]]]:
-            # unit 0 (the probe's, taken by load_unit) is in one file: one thread touches it
-            return [(u, self.unit_raw(u)) for u in file_units]
-
-        for done in [self._pool.submit(load, us) for us in by_file.values()]:
-            yield from done.result()
+        # unit 0 (the probe's, taken by load_unit) is in one file: one thread touches it
+        load_file = super().load_units
+        loads = [self._pool.submit(load_file, units) for units in by_file.values()]
+        wait(loads)  # all done before a failure is raised: none writes into a released slot
+        for done in loads:
+            done.result()
 
 
 def _is_list(t: pa.DataType) -> bool:

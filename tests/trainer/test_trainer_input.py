@@ -224,6 +224,34 @@ def test_parquet_rows_read_through_the_slab_are_the_files_rows(
         assert slab.capacity < len(slab._unit_in) <= slab.max_slots  # it grew for one read
 
 
+def test_a_read_that_fails_leaves_no_half_written_row_group_in_the_slab(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Row groups are written straight into their slab slots, several files at once: when one
+    load fails, the read raises after every load has ended and the slots it had claimed hold
+    nothing, so the same rows read again are the files' rows."""
+    x, y = _arrays(120)
+    write_parquet(tmp_path / "d", x, y, files=4, row_group=10)
+    src = open_source(
+        FileSource(parquet=str(tmp_path / "d"), features=("f0", "f1"), label="y"), REPO
+    )
+    read_unit = src._read_unit  # type: ignore[attr-defined]
+    failed: list[int] = []
+
+    def flaky(unit: int) -> dict[str, np.ndarray]:
+        if unit == 7 and not failed:
+            failed.append(unit)
+            raise OSError("connection reset")
+        return dict(read_unit(unit))
+
+    monkeypatch.setattr(src, "_read_unit", flaky)
+    rows = np.arange(0, 120, 3)  # every row group of every file
+    with pytest.raises(OSError, match="connection reset"):
+        src.read(rows)
+    got_x, got_y = src.read(rows)
+    assert failed and np.array_equal(got_x, x[rows]) and np.array_equal(got_y, y[rows])
+
+
 def test_parquet_map_runs_on_the_workers_rows_and_list_columns_are_tensors(tmp_path: Path) -> None:
     x, y = _arrays(40)
     write_parquet(tmp_path / "d", x, y, files=2, row_group=10)
