@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,8 @@ from typing import Any
 from storage.errors import SpotrainError
 
 #: Seconds to wait for the S3 gateway to accept a write before giving up (override for slow CI).
+#: What S3 accepts as a bucket name (SeaweedFS checks the same).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 DEFAULT_WEED_START_TIMEOUT_S = float(os.environ.get("SPOTRAIN_WEED_START_TIMEOUT_S", "60"))
 
 
@@ -109,7 +112,14 @@ class SeaweedServer:
         Returns once a bucket exists and an object round-trips; raises
         :class:`SeaweedStartError` with the server log otherwise. A server that exits during
         start-up (e.g. a port taken between choosing and binding it) is retried on new ports.
+        A bucket name S3 refuses is a ValueError at once (the server would refuse it until the
+        timeout).
         """
+        if not _BUCKET_NAME.fullmatch(bucket):
+            raise ValueError(
+                f"bucket {bucket!r} is not a valid S3 bucket name; fix: use 3-63 lowercase "
+                "letters, digits, dots or hyphens, starting and ending with a letter or digit"
+            )
         for attempt in range(1, attempts + 1):
             try:
                 return cls._start_once(

@@ -89,3 +89,11 @@ def test_a_commit_without_payload_signing_restores_on_seaweedfs(
     assert (tmp_path / "dst" / "ckpt.data-00000-of-00001").read_bytes() == (
         src / "ckpt.data-00000-of-00001"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("bucket", ["b", "Bench", "-bench", "bench_data", "x" * 64])
+def test_a_bucket_name_s3_refuses_fails_before_the_server_starts(tmp_path, bucket: str) -> None:
+    """SeaweedFS refuses such a bucket until the start-up timeout (60 s): fail at once."""
+    with pytest.raises(ValueError, match="not a valid S3 bucket name"):
+        SeaweedServer.start(tmp_path, bucket=bucket)
+    assert not any(tmp_path.iterdir())  # nothing was started
