@@ -5,6 +5,10 @@
   default would retry them ``max_failures`` times), preemptions / lost workers / transient
   storage faults RESTART within their budgets. Every decision is written to the run record
   (``preemption`` or ``failure`` event, and ``attempt_start`` for the restart).
+- :class:`NoAutoscalerScalingPolicy` is Ray Train's fixed-size scaling policy without its
+  resource requests to Ray Data's ``AutoscalingCoordinator``: on spotrain's embedded Ray
+  nothing autoscales, and Ray's first request waits for that actor's new process (~1.7 s of a
+  cold start here, before the workers start).
 - :class:`MetricsEventCallback` (a Ray Train ``UserCallback``) turns the chief's
   ``ray.train.report`` metrics into ``metrics`` events (at every epoch change and at most every
   ``DEFAULT_METRICS_EVENT_INTERVAL_S`` seconds), which ``spotrain status`` and ``--plot`` read.
@@ -29,7 +33,7 @@ from ray.train.v2.api.callback import UserCallback
 
 from cluster import constants
 from cluster.failure_policy import Decision, FailureKind, FailurePolicy, FailurePolicyOptions
-from cluster.ray.internals import FailureDecision, RayFailurePolicy
+from cluster.ray.internals import FailureDecision, FixedScalingPolicy, RayFailurePolicy
 from storage import events as run_events
 from storage.events import InterruptionPayload, Source
 from storage.fencing import Fence
@@ -146,3 +150,17 @@ class MetricsEventCallback(UserCallback):
             run_events.write_metrics(self.record, payload)
         except Exception:  # process boundary: metrics are best effort
             logger.warning("could not write a metrics event", exc_info=True)
+
+
+class NoAutoscalerScalingPolicy(FixedScalingPolicy):
+    """``FixedScalingPolicy`` for a cluster that does not autoscale: it asks for the same
+    fixed number of workers and sends no resource requests (none is cancelled either)."""
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        pass
+
+    def _send_resource_request(self) -> None:
+        pass
+
+    def _maybe_send_resource_request(self) -> None:
+        pass

@@ -15,8 +15,15 @@
 4. ``ray.train.v2._internal.util.TrainingFramework.TENSORFLOW``: the framework tag a backend
    config reports (Train's run state shows it); :func:`tensorflow_framework`, None where it
    is gone (the tag is informational).
+5. ``FixedScalingPolicy`` (``ray.train.v2._internal.execution.scaling_policy.fixed``), which
+   ``fit()`` passes as ``scaling_policy=`` to the same call: at the controller's start it
+   registers the workers' resources with Ray Data's ``AutoscalingCoordinator`` actor through
+   ``_send_resource_request`` (a ``ray.get``: the coordinator's process starts on the
+   controller's critical path), and again through ``_maybe_send_resource_request``.
+   :class:`cluster.ray.hooks.NoAutoscalerScalingPolicy` subclasses it for spotrain's embedded
+   Ray, where nothing autoscales; :func:`install_failure_policy` swaps it in when given.
 
-:func:`check_hooks` verifies the first three at run time and raises :class:`RayInternalsChanged`
+:func:`check_hooks` verifies the first three and the fifth at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
 Ray. No other module of ``cluster/`` touches Ray's private APIs (the trainer's one private Ray
 hook is in ``trainer/ray_internals.py``, which defines the shared error type).
@@ -32,6 +39,7 @@ from typing import Any
 import ray
 from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
 from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 
 from trainer.ray_internals import TESTED_RAY, RayInternalsChanged, changed
 
@@ -39,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FailureDecision",
+    "FixedScalingPolicy",
     "RayFailurePolicy",
     "RayInternalsChanged",
     "check_hooks",
@@ -72,8 +81,18 @@ def _problems() -> list[str]:
                 "DataParallelTrainer.fit no longer passes failure_policy= to "
                 "_initialize_and_run_controller"
             )
-    if "failure_policy" not in inspect.signature(TrainController.__init__).parameters:
+    controller_params = inspect.signature(TrainController.__init__).parameters
+    if "failure_policy" not in controller_params:
         problems.append("TrainController no longer takes failure_policy")
+    if "scaling_policy" not in controller_params:
+        problems.append("TrainController no longer takes scaling_policy")
+    for hook in (
+        "after_controller_start",
+        "_send_resource_request",
+        "_maybe_send_resource_request",
+    ):
+        if not callable(getattr(FixedScalingPolicy, hook, None)):
+            problems.append(f"FixedScalingPolicy.{hook} is gone")
     drain = getattr(getattr(ray._raylet, "InnerGcsClient", None), "drain_node", None)
     if drain is None or not hasattr(ray._raylet, "GcsClient"):
         problems.append("ray._raylet.GcsClient.drain_node is gone")
@@ -107,12 +126,13 @@ def tensorflow_framework() -> Any:
     return getattr(TrainingFramework, "TENSORFLOW", None)
 
 
-def install_failure_policy(trainer: Any, policy: Any) -> bool:
-    """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default failure policy.
+def install_failure_policy(trainer: Any, policy: Any, scaling_policy: Any = None) -> bool:
+    """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default failure policy (and
+    ``scaling_policy``, when given, instead of its scaling policy).
 
     Returns False (with a warning) for an object without the controller hook. Raises
     :class:`RayInternalsChanged` when the installed Ray changed the hook, and at ``fit()``
-    when Ray stops passing ``failure_policy`` to it.
+    when Ray stops passing ``failure_policy`` (or ``scaling_policy``) to it.
     """
     check_hooks()
     original = getattr(trainer, "_initialize_and_run_controller", None)
@@ -132,6 +152,14 @@ def install_failure_policy(trainer: Any, policy: Any) -> bool:
                 f"ray=={TESTED_RAY}.* or update cluster/ray/internals.py"
             )
         kwargs["failure_policy"] = policy
+        if scaling_policy is not None:
+            if "scaling_policy" not in kwargs:
+                raise RayInternalsChanged(
+                    f"Ray {ray.__version__} no longer passes scaling_policy to "
+                    f"_initialize_and_run_controller (tested with {TESTED_RAY}). fix: pin "
+                    f"ray=={TESTED_RAY}.* or update cluster/ray/internals.py"
+                )
+            kwargs["scaling_policy"] = scaling_policy
         return original(**kwargs)
 
     trainer._initialize_and_run_controller = run_with_policy

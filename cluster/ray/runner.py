@@ -188,7 +188,11 @@ class RayAttemptRunner:
         # import imports TensorFlow; TensorflowSetup is the same set-up without it
         Trainer: Any = DataParallelTrainer
 
-        from cluster.ray.hooks import MetricsEventCallback, SpotrainRayFailurePolicy
+        from cluster.ray.hooks import (
+            MetricsEventCallback,
+            NoAutoscalerScalingPolicy,
+            SpotrainRayFailurePolicy,
+        )
         from cluster.ray.internals import install_failure_policy
         from cluster.ray.tf_backend import TensorflowSetup
         from trainer.worker import train_loop_per_worker
@@ -257,7 +261,11 @@ class RayAttemptRunner:
             attempt=ctx.attempt,
             generation=ctx.lease_generation,
         )
-        install_failure_policy(trainer, policy)
+        # an embedded Ray never autoscales: no resource requests to Ray Data's coordinator
+        fixed = self.embedded and not spec.scaling.elastic
+        install_failure_policy(
+            trainer, policy, NoAutoscalerScalingPolicy(scaling) if fixed else None
+        )
         return trainer
 
     def run(self, ctx: AttemptContext) -> AttemptResult:

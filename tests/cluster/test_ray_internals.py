@@ -3,6 +3,7 @@ is started): if Ray changes one, these tests and the run-time checks fail loudly
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -14,8 +15,13 @@ import ray
 import ray.train
 import ray.train.v2.api.data_parallel_trainer as dpt
 from ray.train.v2._internal.execution.controller.controller import TrainController
+from ray.train.v2._internal.execution.scaling_policy.scaling_policy import (
+    NoopDecision,
+    ResizeDecision,
+)
 
 from cluster.ray import internals
+from cluster.ray.hooks import NoAutoscalerScalingPolicy
 from cluster.ray.internals import RayInternalsChanged, check_hooks, install_failure_policy
 from trainer import ray_internals as trainer_internals
 
@@ -51,6 +57,53 @@ def test_the_failure_policy_reaches_the_real_controller(monkeypatch: pytest.Monk
     assert seen["failure_policy"] is policy
     inspect.signature(TrainController.__init__).bind(None, **seen)  # the controller takes them
     assert not ray.is_initialized()
+
+
+def test_the_scaling_policy_reaches_the_real_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    class Result:
+        error = None
+
+    def start_controller(self: Any, **kwargs: Any) -> Result:
+        seen.update(kwargs)
+        return Result()
+
+    monkeypatch.setattr(dpt.DataParallelTrainer, "_initialize_and_run_controller", start_controller)
+    monkeypatch.setattr(dpt, "ObjectRefWrapper", lambda fn: fn)
+    scaling = ray.train.ScalingConfig(num_workers=2)
+    trainer = dpt.DataParallelTrainer(
+        lambda: None, scaling_config=scaling, run_config=ray.train.RunConfig(name="spotrain-hook")
+    )
+    fixed = NoAutoscalerScalingPolicy(scaling)
+    assert install_failure_policy(trainer, object(), fixed)
+    trainer.fit()
+    assert seen["scaling_policy"] is fixed
+    inspect.signature(TrainController.__init__).bind(None, **seen)
+
+
+def test_the_no_autoscaler_policy_asks_for_its_workers_and_sends_no_request() -> None:
+    """Each controller hook of Ray's fixed policy runs; none reaches the AutoscalingCoordinator
+    (Ray's own would create that actor, and start a Ray here, at its first request)."""
+    policy = NoAutoscalerScalingPolicy(ray.train.ScalingConfig(num_workers=2))
+    policy.after_controller_start(None)
+    decision = policy.make_decision_for_non_running_worker_group()
+    assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
+    assert isinstance(policy.make_decision_for_running_worker_group(None, None), NoopDecision)  # type: ignore[arg-type]
+    asyncio.run(policy.before_controller_shutdown())
+    policy.before_controller_abort()
+    assert not ray.is_initialized()
+
+
+def test_a_ray_that_stops_passing_scaling_policy_fails_loudly() -> None:
+    class Trainer:
+        def _initialize_and_run_controller(self, **kwargs: Any) -> str:
+            return "ran with Ray's own scaling policy"
+
+    trainer = Trainer()
+    assert install_failure_policy(trainer, object(), object())
+    with pytest.raises(RayInternalsChanged, match="no longer passes scaling_policy"):
+        trainer._initialize_and_run_controller(failure_policy=None)
 
 
 def test_a_ray_that_stops_passing_failure_policy_fails_loudly() -> None:
