@@ -4,8 +4,11 @@ idle worker processes in its own job and runtime env (:func:`trainer.ray_interna
 A restarted worker group (a worker died, a node was drained or lost) then takes those
 processes instead of starting new ones; with :mod:`trainer.warm` preloaded they have already
 imported TensorFlow and the trainer, which is most of a cold restart. The request is made when
-``fit`` begins (after the restore, before the first step is traced), from a thread, so the
-spares' own start-up does not compete with this attempt's restart. Seen on a loaded 2-core
+the attempt's first step has ended (after the restore, the tracing and the step), from a thread,
+so the spares' own start-up (a process importing TensorFlow: seconds of CPU) does not compete
+with this attempt's start: asked for when ``fit`` began, the spares imported TensorFlow while
+the first step was traced, and a cold start (bench/cold_start.py, 2 cores) took ~0.6-2 s
+longer. Seen on a loaded 2-core
 machine: a spare took ~35 s to import TensorFlow, so a fault soon after an attempt started may
 find its spare still importing (it is taken anyway, and finishes its import first). Without Ray,
 or when the raylet refuses, training goes on with cold restarts.
@@ -46,7 +49,7 @@ def request_spares(worker: WorkerContext, count: int, keep_alive_s: float) -> bo
 
 
 class WarmSpares(tf.keras.callbacks.Callback):
-    """When ``fit`` begins (after the restore), request the spares (once, in a thread)."""
+    """When the attempt's first step has ended, request the spares (once, in a thread)."""
 
     spotrain_stateless = True  # nothing to save: BackupAndRestore skips it
 
@@ -57,12 +60,13 @@ class WarmSpares(tf.keras.callbacks.Callback):
         keep_alive_s: float = DEFAULT_SPARE_KEEP_ALIVE_S,
     ) -> None:
         super().__init__()
+        self._supports_tf_logs = True  # its logs are not read: Keras need not convert them
         self.worker = worker
         self.count = count
         self.keep_alive_s = keep_alive_s
         self.thread: threading.Thread | None = None
 
-    def on_train_begin(self, logs: Any = None) -> None:
+    def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         if self.thread is not None or self.count <= 0 or not self.worker.ray:
             return
         self.thread = threading.Thread(

@@ -5,7 +5,7 @@ training worker lands there) plus N raylets, each offering the resources of one 
 methods inject the faults of :mod:`cluster.chaos.schedule`: SIGKILL a training worker, drain a
 node with Ray's PREEMPTION reason (through :mod:`cluster.ray.internals`) and remove it once no
 training worker is left on it (at the latest at the deadline), remove a node without notice, add
-one. The head gets spotrain's recovery settings (:data:`cluster.ray.runner.RAY_SYSTEM_CONFIG`:
+one. The head gets spotrain's recovery settings (:data:`cluster.ray.session.RAY_SYSTEM_CONFIG`:
 warm preload, fast node-loss detection), which the other raylets take from it.
 
 To keep Ray on loopback, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` must be in the environment
@@ -69,7 +69,7 @@ class EmulatedCluster:
     def start(self) -> EmulatedCluster:
         from ray.cluster_utils import Cluster
 
-        from cluster.ray.runner import MIN_STARTUP_CONCURRENCY, RAY_SYSTEM_CONFIG
+        from cluster.ray.session import MIN_STARTUP_CONCURRENCY, RAY_SYSTEM_CONFIG
 
         self._cluster = Cluster(
             initialize_head=True,

@@ -23,7 +23,22 @@
    :class:`cluster.ray.hooks.NoAutoscalerScalingPolicy` subclasses it for spotrain's embedded
    Ray, where nothing autoscales; :func:`install_failure_policy` swaps it in when given.
 
-:func:`check_hooks` verifies the first three and the fifth at run time and raises :class:`RayInternalsChanged`
+6. How Train V2 gives its workers a runtime env: the controller actor is created with
+   ``{"env_vars": get_env_vars_to_propagate()}`` plus ``RAY_WARN_BLOCKING_GET_INSIDE_ASYNC``
+   (``DataParallelTrainer._initialize_and_run_controller``), each worker with
+   ``WorkerGroup._get_worker_runtime_env(run_config.worker_runtime_env)``; Ray's core worker
+   merges a child's ``env_vars`` into its parent's (its other fields replace the parent's) and
+   serializes the result as compact JSON with sorted keys. :func:`train_worker_runtime_env`
+   predicts that string, so an embedded Ray's driver can prestart the training workers'
+   processes (a raylet gives an idle worker only to a task or actor of the same serialized env)
+   before the controller exists; ``tests/cluster/test_cold_start_prestart.py`` checks the
+   prediction against real workers.
+7. ``fit()`` passes the controller its default ``callbacks=``, among them Train's
+   ``DatasetsCallback``, which starts a ``DatasetManager`` actor (a new Python process) at
+   every worker-group start even when the trainer has no Ray Datasets. spotrain passes none:
+   :func:`install_failure_policy` drops that callback for a trainer without datasets.
+
+:func:`check_hooks` verifies all but the fourth at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
 Ray. No other module of ``cluster/`` touches Ray's private APIs (the trainer's one private Ray
 hook is in ``trainer/ray_internals.py``, which defines the shared error type).
@@ -32,6 +47,7 @@ hook is in ``trainer/ray_internals.py``, which defines the shared error type).
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import time
 from typing import Any
@@ -40,6 +56,7 @@ import ray
 from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
 from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
 from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
 from trainer.ray_internals import TESTED_RAY, RayInternalsChanged, changed
 
@@ -54,6 +71,7 @@ __all__ = [
     "drain_node",
     "install_failure_policy",
     "tensorflow_framework",
+    "train_worker_runtime_env",
 ]
 
 
@@ -81,6 +99,18 @@ def _problems() -> list[str]:
                 "DataParallelTrainer.fit no longer passes failure_policy= to "
                 "_initialize_and_run_controller"
             )
+        if "callbacks=" not in fit_src:
+            problems.append("DataParallelTrainer.fit no longer passes callbacks= to the controller")
+        run_src = inspect.getsource(DataParallelTrainer._initialize_and_run_controller)
+        if "get_env_vars_to_propagate()" not in run_src or _CONTROLLER_ENV_VAR not in run_src:
+            problems.append("the Train controller's runtime env is no longer built as tested")
+    if not callable(getattr(WorkerGroup, "_get_worker_runtime_env", None)):
+        problems.append("WorkerGroup._get_worker_runtime_env is gone")
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback  # noqa: F401
+        from ray.train.v2._internal.constants import get_env_vars_to_propagate  # noqa: F401
+    except ImportError as exc:
+        problems.append(f"Train's DatasetsCallback or get_env_vars_to_propagate is gone ({exc})")
     controller_params = inspect.signature(TrainController.__init__).parameters
     if "failure_policy" not in controller_params:
         problems.append("TrainController no longer takes failure_policy")
@@ -128,7 +158,8 @@ def tensorflow_framework() -> Any:
 
 def install_failure_policy(trainer: Any, policy: Any, scaling_policy: Any = None) -> bool:
     """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default failure policy (and
-    ``scaling_policy``, when given, instead of its scaling policy).
+    ``scaling_policy``, when given, instead of its scaling policy); a trainer without Ray
+    Datasets gets no ``DatasetsCallback`` (item 7).
 
     Returns False (with a warning) for an object without the controller hook. Raises
     :class:`RayInternalsChanged` when the installed Ray changed the hook, and at ``fit()``
@@ -160,10 +191,53 @@ def install_failure_policy(trainer: Any, policy: Any, scaling_policy: Any = None
                     f"ray=={TESTED_RAY}.* or update cluster/ray/internals.py"
                 )
             kwargs["scaling_policy"] = scaling_policy
+        if "callbacks" in kwargs and not getattr(trainer, "datasets", None):
+            kwargs["callbacks"] = _without_datasets_callback(kwargs["callbacks"])
         return original(**kwargs)
 
     trainer._initialize_and_run_controller = run_with_policy
     return True
+
+
+def _without_datasets_callback(callbacks: list[Any]) -> list[Any]:
+    """The controller's callbacks less Train's DatasetsCallback (item 7)."""
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+
+#: What ``_initialize_and_run_controller`` adds to the controller's env vars (item 6).
+_CONTROLLER_ENV_VAR = "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"
+
+
+def train_worker_runtime_env(job_runtime_env: dict[str, Any], worker_runtime_env: Any) -> str:
+    """The serialized runtime env Ray Train V2's workers get, for a driver whose job runtime
+    env is ``job_runtime_env`` and a ``RunConfig(worker_runtime_env=...)`` (item 6). Call it
+    after the driver's environment is final: Train propagates some of its variables."""
+    from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
+    from ray.train.v2._internal.constants import (
+        DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE,
+        get_env_vars_to_propagate,
+    )
+
+    controller_env = get_env_vars_to_propagate()
+    controller_env.setdefault(
+        RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE
+    )
+    controller = _inherit(dict(job_runtime_env), {"env_vars": controller_env})
+    worker = _inherit(
+        controller, dict(WorkerGroup._get_worker_runtime_env(worker_runtime_env or {}))
+    )
+    return json.dumps(worker, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _inherit(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """A child task's or actor's runtime env as Ray's core worker derives it from its parent's."""
+    merged = {**parent, **{k: v for k, v in child.items() if k != "env_vars"}}
+    env_vars = {**parent.get("env_vars", {}), **child.get("env_vars", {})}
+    if env_vars:
+        merged["env_vars"] = env_vars
+    return merged
 
 
 def drain_node(gcs_address: str, node_id: str, deadline_s: float, message: str) -> tuple[bool, str]:

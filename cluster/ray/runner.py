@@ -2,20 +2,14 @@
 (:mod:`cluster.ray.tf_backend`: what ``TensorflowTrainer`` is, without importing TensorFlow in
 the driver) and spotrain's hooks.
 
-Which Ray (:mod:`cluster.ray.address`): ``--address``, ``RAY_ADDRESS`` (``ray job submit``) or
-a live ``ray start`` head on this node is joined; otherwise an embedded Ray,
-``ray.init(address="local")`` with exactly the CPUs/GPUs the workers need, so a stale address
-file of a dead local cluster is never joined.
+Which Ray it joins or starts, with which settings, and an embedded Ray's cold start:
+:mod:`cluster.ray.session`.
 
 Every Ray worker gets ``TF_USE_LEGACY_KERAS=1`` through the runtime env (before any import) and
 the job's working directory (``TrainJob.working_dir``; under ``ray job submit --working-dir``
 the workers' own copy of it, their current directory). The training workers' runtime env also
 carries ``SPOTRAIN_TRAIN_WORKER=1``, which makes :mod:`trainer.warm` preload TensorFlow and the
 trainer in their processes (and in the warm spares started in that env, :mod:`trainer.spares`).
-
-Recovery settings (:data:`RAY_SYSTEM_CONFIG`, given to the embedded Ray and the emulated
-cluster; a user's own cluster sets them at ``ray start``, see the README): every Python worker
-preloads ``trainer.warm``, and the GCS declares a silent node dead after ~3 s instead of ~15 s.
 
 Driver SIGTERM (embedded Ray only): the local node is drained with reason PREEMPTION and a
 deadline of ``sigterm_grace_s``, which Ray Train reports to every worker through
@@ -33,7 +27,6 @@ still try to commit is refused by their fence.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -44,47 +37,16 @@ from cluster.attempt import AttemptContext, AttemptResult
 from cluster.errors import DriverPreempted
 from cluster.failure_policy import options_from_spec
 from cluster.ray.node_spares import NodeSpares
-from trainer.warm import PRELOAD_MODULES, TRAIN_WORKER_ENV, warm_imports_env
+from cluster.ray.session import set_driver_env, start_ray, training_worker_runtime_env
 
 logger = logging.getLogger(__name__)
-
-#: Set in the driver (unless already set) before Ray or TensorFlow is imported or started:
-#: Ray Train would chdir workers into its run directory, breaking relative paths in user code;
-#: ``ray.train.tensorflow`` imports TensorFlow in the driver too, so tf-keras there as well.
-DRIVER_ENV_DEFAULTS = {
-    "RAY_CHDIR_TO_TRIAL_DIR": "0",
-    **constants.WORKER_ENV_VARS,
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
-
-
-#: Ray system config for fast recovery (the raylets read it at start: ``ray.init`` of an embedded
-#: cluster, the emulated cluster's head; the other raylets get it from the GCS). A node that
-#: stops answering is dead after health_check_period_ms x health_check_failure_threshold (3 s;
-#: Ray's default 3000 x 5 = 15 s); a reply may take health_check_timeout_ms (2 s) before it
-#: counts as missed, so a raylet starved of CPU for a moment is not declared dead.
-RAY_SYSTEM_CONFIG: dict[str, Any] = {
-    "preload_python_modules": [PRELOAD_MODULES],
-    "health_check_period_ms": 1000,
-    "health_check_timeout_ms": 2000,
-    "health_check_failure_threshold": 3,
-}
-#: Worker processes a raylet starts at once. Ray's default is the node's CPUs, and a start past
-#: it is dropped, not queued, for a spare (seen: with 1-CPU nodes the spares asked for while
-#: Ray Train's helper actors started never came); spotrain raises it to at least this.
-MIN_STARTUP_CONCURRENCY = 4
-
-
-def set_driver_env() -> None:
-    """Put :data:`DRIVER_ENV_DEFAULTS` into ``os.environ`` where the user has not set them."""
-    for name, value in DRIVER_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
 
 
 class RayAttemptRunner:
     """The :class:`cluster.attempt.AttemptRunner` of ``spotrain run``: one attempt on Ray.
 
-    Its first attempt sets :data:`DRIVER_ENV_DEFAULTS`, before it imports Ray or TensorFlow.
+    Its first attempt sets :data:`cluster.ray.session.DRIVER_ENV_DEFAULTS`, before it imports
+    Ray or TensorFlow.
     """
 
     def __init__(self, poll_s: float = 0.5) -> None:
@@ -105,47 +67,13 @@ class RayAttemptRunner:
         # "*** SIGTERM received ***"); put the Python handlers back afterwards.
         saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self._init(ray, ctx)
+            self.embedded = start_ray(ray, ctx)
         finally:
             if threading.current_thread() is threading.main_thread():
                 for sig, handler in saved.items():
                     if handler is not None:
                         signal.signal(sig, handler)
         self._started_ray = True
-
-    def _init(self, ray: Any, ctx: AttemptContext) -> None:
-        from cluster.ray.address import choose_address
-
-        address, source = choose_address(ctx.options.address)
-        level = logging.INFO if ctx.options.verbose else logging.WARNING
-        if address:
-            logger.info("joining the Ray cluster at %s (%s)", address, source)
-            ray.init(address=address, log_to_driver=ctx.options.verbose, logging_level=level)
-            self.embedded = False
-        else:
-            scaling = ctx.spec.scaling
-            env = dict(constants.WORKER_ENV_VARS)
-            path = [ctx.spec.working_dir, os.environ.get("PYTHONPATH", "")]
-            env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
-            num_gpus = (
-                int(scaling.max_workers * (scaling.gpus_per_worker or 1)) if scaling.use_gpu else 0
-            )
-            ray.init(
-                address="local",
-                num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
-                num_gpus=num_gpus,
-                include_dashboard=False,
-                log_to_driver=ctx.options.verbose,
-                logging_level=level,
-                runtime_env={"env_vars": env},
-                _system_config={
-                    **RAY_SYSTEM_CONFIG,
-                    "worker_maximum_startup_concurrency": max(
-                        MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1
-                    ),
-                },
-            )
-            self.embedded = True
 
     def start_node_spares(self) -> None:
         """Warm spares on nodes without a training worker (:mod:`cluster.ray.node_spares`),
@@ -197,8 +125,6 @@ class RayAttemptRunner:
         from cluster.ray.tf_backend import TensorflowSetup
         from trainer.worker import train_loop_per_worker
 
-        for name, value in constants.RAY_TRAIN_ENV_DEFAULTS.items():
-            os.environ.setdefault(name, value)  # read by Ray Train's controller; a user's wins
         spec = ctx.spec
         working_dir: str | None = spec.working_dir
         job_env = ray.get_runtime_context().runtime_env or {}
@@ -238,13 +164,7 @@ class RayAttemptRunner:
             callbacks=[
                 MetricsEventCallback(loc, attempt=ctx.attempt, generation=ctx.lease_generation)
             ],
-            worker_runtime_env={
-                "env_vars": {
-                    **constants.WORKER_ENV_VARS,
-                    TRAIN_WORKER_ENV: "1",
-                    **warm_imports_env(spec.warm_imports, working_dir),
-                }
-            },
+            worker_runtime_env=training_worker_runtime_env(spec, working_dir),
         )
         trainer = Trainer(
             train_loop_per_worker,

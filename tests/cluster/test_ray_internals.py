@@ -59,6 +59,67 @@ def test_the_failure_policy_reaches_the_real_controller(monkeypatch: pytest.Monk
     assert not ray.is_initialized()
 
 
+def test_a_trainer_without_datasets_starts_no_dataset_manager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Train's DatasetsCallback (a DatasetManager actor at each worker-group start) is dropped
+    for a trainer without Ray Datasets, and kept for one with them; the other default
+    callbacks stay."""
+    from ray.train.v2._internal.callbacks import BackendSetupCallback
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    seen: list[list[Any]] = []
+
+    class Result:
+        error = None
+
+    def start_controller(self: Any, **kwargs: Any) -> Result:
+        seen.append(kwargs["callbacks"])
+        return Result()
+
+    monkeypatch.setattr(dpt.DataParallelTrainer, "_initialize_and_run_controller", start_controller)
+    monkeypatch.setattr(dpt, "ObjectRefWrapper", lambda fn: fn)
+    for datasets in ({}, {"train": object()}):
+        trainer = dpt.DataParallelTrainer(
+            lambda: None,
+            scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(name="spotrain-hook-test"),
+        )
+        trainer.datasets = datasets  # a real Dataset needs a running Ray; the check is truthiness
+        assert install_failure_policy(trainer, object())
+        trainer.fit()
+    without, with_datasets = seen
+    assert not any(isinstance(c, DatasetsCallback) for c in without)
+    assert any(isinstance(c, BackendSetupCallback) for c in without)
+    assert sum(isinstance(c, DatasetsCallback) for c in with_datasets) == 1
+    assert len(with_datasets) == len(without) + 1
+    assert not ray.is_initialized()
+
+
+def test_the_predicted_worker_env_merges_as_rays_core_worker_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The rule alone (the real workers' env is checked in test_cold_start_prestart.py): the
+    job's env vars, the controller's (Train's propagated settings), the worker's own (which win),
+    as compact JSON with sorted keys; fields other than env_vars come from the nearest env."""
+    import json
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+    job = {"env_vars": {"A": "job", "B": "job"}, "working_dir": "/w"}
+    text = internals.train_worker_runtime_env(job, {"env_vars": {"B": "worker", "C": "c"}})
+    assert json.loads(text) == {
+        "env_vars": {
+            "A": "job",
+            "B": "worker",
+            "C": "c",
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+            "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC": "0",
+        },
+        "working_dir": "/w",
+    }
+    assert text.startswith('{"env_vars":{"A":"job","B":"worker","C":"c","RAY_TRAIN')
+
+
 def test_the_scaling_policy_reaches_the_real_controller(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 

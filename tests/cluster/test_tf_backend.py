@@ -50,7 +50,8 @@ def test_the_driver_builds_its_trainer_without_importing_tensorflow(tmp_path):
     code = """
 import sys
 from ray.train import FailureConfig, RunConfig, ScalingConfig
-from cluster.ray.runner import RayAttemptRunner, set_driver_env
+from cluster.ray.runner import RayAttemptRunner
+from cluster.ray.session import set_driver_env
 from cluster.ray.tf_backend import TensorflowSetup, worker_address
 from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 from trainer.worker import train_loop_per_worker
