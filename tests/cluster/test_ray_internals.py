@@ -104,6 +104,10 @@ def test_the_predicted_worker_env_merges_as_rays_core_worker_does(
     as compact JSON with sorted keys; fields other than env_vars come from the nearest env."""
     import json
 
+    from ray.train.v2._internal.constants import ENV_VARS_TO_PROPAGATE
+
+    for name in ENV_VARS_TO_PROPAGATE:  # other tests' drivers set some of them
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     job = {"env_vars": {"A": "job", "B": "job"}, "working_dir": "/w"}
     text = internals.train_worker_runtime_env(job, {"env_vars": {"B": "worker", "C": "c"}})
