@@ -54,6 +54,10 @@ RAY_SYSTEM_CONFIG: dict[str, Any] = {
 #: it is dropped, not queued, for a spare (seen: with 1-CPU nodes the spares asked for while
 #: Ray Train's helper actors started never came); spotrain raises it to at least this.
 MIN_STARTUP_CONCURRENCY = 4
+#: How long the processes prestarted for the first worker group wait, idle, to be taken. The
+#: group is created seconds after ``ray.init``; a process left over (a Ray whose runtime env
+#: for Train's workers differs from the prediction) holds TensorFlow's memory only this long.
+PRESTART_KEEP_ALIVE_S = 300.0
 
 
 def set_driver_env() -> None:
@@ -116,7 +120,6 @@ def prestart_training_workers(ray: Any, ctx: AttemptContext) -> None:
     group takes them when it is created (embedded Ray: one node). Without them the workers'
     processes start, and import TensorFlow, only after those actors."""
     from cluster.ray.internals import train_worker_runtime_env
-    from trainer.constants import DEFAULT_SPARE_KEEP_ALIVE_S
     from trainer.ray_internals import WorkerEnv, prestart_workers
 
     runtime_env = training_worker_runtime_env(ctx.spec, ctx.spec.working_dir)
@@ -125,7 +128,7 @@ def prestart_training_workers(ray: Any, ctx: AttemptContext) -> None:
         serialized = train_worker_runtime_env(job.runtime_env or {}, runtime_env)
         prestart_workers(
             ctx.spec.scaling.max_workers,  # an embedded elastic run starts at its maximum
-            DEFAULT_SPARE_KEEP_ALIVE_S,
+            PRESTART_KEEP_ALIVE_S,
             env=WorkerEnv(job.get_job_id(), serialized),
         )
     except Exception as exc:  # without them the workers only start cold
