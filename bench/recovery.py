@@ -59,7 +59,7 @@ JOB = "bench/recovery-job.yaml"
 RUN_NAME = "recovery-bench"
 DRAIN_DEADLINE_S = 8
 #: Faults come this long after the workers are up: after the first commits, and after the warm
-#: spares (asked for when ``fit`` begins) finished importing TensorFlow. On this 2-core machine
+#: spares (asked for after the first step) finished importing TensorFlow. On this 2-core machine
 #: they compete with training for the cores: at 15 s a drain-node-standby found its spares still
 #: importing (restart 11.5 s, not warm; 8.4 s warm at 30 s). Real preemptions come minutes apart.
 FAULT_AT_S = 30
