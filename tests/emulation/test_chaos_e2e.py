@@ -22,6 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "examples/digits.yaml"
+#: The same job with a pause in its model's build (tests/emulation/slow_start.py).
+SLOW_START_JOB = "tests/emulation/slow-start-digits.yaml"
 EPOCHS = "3"
 #: The random schedule spans ~90 s of faults; the run must outlast it.
 RANDOM_EPOCHS = "12"
@@ -199,7 +201,9 @@ def test_a_notice_during_start_up_ends_the_attempt_at_once(tmp_path, reference):
     """The drain comes while the workers start (importing, forming the group, building): their
     watchers see it, and before the first step the ranks agree to stop with nothing to save; the
     drained node is released as soon as its worker ended, long before the 60 s deadline."""
-    report, run_url = _emulate(tmp_path, "--chaos", "drain-node@1s:deadline=60,add-node@2s")
+    report, run_url = _emulate(
+        tmp_path, "--chaos", "drain-node@1s:deadline=60,add-node@2s", job=SLOW_START_JOB
+    )
     events = _check_run(report, run_url, reference)
     _noticed_preemptions_lost_nothing(events)
     early = [
