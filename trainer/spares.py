@@ -7,11 +7,11 @@ imported TensorFlow and the trainer, which is most of a cold restart. The reques
 the attempt's first step has ended (after the restore, the tracing and the step), from a thread,
 so the spares' own start-up (a process importing TensorFlow: seconds of CPU) does not compete
 with this attempt's start: asked for when ``fit`` began, the spares imported TensorFlow while
-the first step was traced, and a cold start (bench/cold_start.py, 2 cores) took ~0.6-2 s
-longer. Seen on a loaded 2-core
-machine: a spare took ~35 s to import TensorFlow, so a fault soon after an attempt started may
-find its spare still importing (it is taken anyway, and finishes its import first). Without Ray,
-or when the raylet refuses, training goes on with cold restarts.
+the first step was traced, and a cold start (bench/cold_start.py, 2 cores, medians of 3) took
+~0.6-0.9 s longer. Seen on a loaded 2-core machine: a spare took ~35 s to import TensorFlow, so
+a fault soon after an attempt started may find its spare still importing (it is taken anyway,
+and finishes its import first). Without Ray, or when the raylet refuses, training goes on with
+cold restarts.
 
 Each worker also publishes its job and runtime env (:func:`trainer.ray_internals.publish_worker_env`):
 the driver (:mod:`cluster.ray.node_spares`) then starts spares on nodes that have no training
