@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python bench/storage_bench.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/spare_import.py
 	$(BIN)/python bench/input.py
 
 clean:

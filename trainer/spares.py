@@ -11,7 +11,8 @@ the first step was traced, and a cold start (bench/cold_start.py, 2 cores, media
 ~0.6-0.9 s longer. Seen on a loaded 2-core machine: a spare took ~35 s to import TensorFlow, so
 a fault soon after an attempt started may find its spare still importing (it is taken anyway,
 and finishes its import first). Without Ray, or when the raylet refuses, training goes on with
-cold restarts.
+cold restarts. Before asking, the worker marks itself as training on this host
+(:func:`trainer.idle_import.mark_training`), so the spares import at idle CPU priority.
 
 Each worker also publishes its job and runtime env (:func:`trainer.ray_internals.publish_worker_env`):
 the driver (:mod:`cluster.ray.node_spares`) then starts spares on nodes that have no training
@@ -27,6 +28,7 @@ from typing import Any
 
 from trainer.cluster_context import WorkerContext
 from trainer.constants import DEFAULT_SPARE_KEEP_ALIVE_S, DEFAULT_WARM_SPARES
+from trainer.idle_import import mark_training
 
 import tensorflow as tf  # isort: skip
 
@@ -69,6 +71,7 @@ class WarmSpares(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         if self.thread is not None or self.count <= 0 or not self.worker.ray:
             return
+        mark_training()  # the spares' preload sees it: they import at idle priority
         self.thread = threading.Thread(
             target=request_spares,
             args=(self.worker, self.count, self.keep_alive_s),

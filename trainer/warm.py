@@ -19,10 +19,14 @@ job and runtime env once training runs, and a restarted worker group takes them 
 starting cold processes. :data:`IMPORTED_AT` (the unix time the preload finished; None when
 this process was not preloaded) goes into the ``restore`` event as ``warm_at``, so a test and
 the recovery report can tell a warm restart from a cold one.
+
+A spare asked for while training runs on this host imports at idle CPU priority
+(:mod:`trainer.idle_import`), so that it does not slow the training steps beside it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,24 +54,29 @@ def preload() -> float | None:
     global IMPORTED_AT
     if IMPORTED_AT is not None or os.environ.get(TRAIN_WORKER_ENV) != "1":
         return IMPORTED_AT
-    try:
-        from trainer import env
+    from trainer.idle_import import idle_priority, training_on_this_host
 
-        env.import_tensorflow(quiet=True)
-        import ray.train.tensorflow  # noqa: F401
-        import tf_keras  # noqa: F401
+    # a spare asked for while training runs here imports on the cycles the workers leave
+    beside_training = training_on_this_host()
+    with idle_priority() if beside_training else contextlib.nullcontext(False) as idle:
+        try:
+            from trainer import env
 
-        import trainer.training
-        import trainer.worker  # noqa: F401
-    except Exception:  # process boundary: a failed preload leaves a cold worker, not a dead one
-        logger.warning("spotrain could not preload TensorFlow in this worker", exc_info=True)
-        return None
-    import_job_modules(os.environ.get(WARM_IMPORTS_ENV, ""))
+            env.import_tensorflow(quiet=True)
+            import ray.train.tensorflow  # noqa: F401
+            import tf_keras  # noqa: F401
+
+            import trainer.training
+            import trainer.worker  # noqa: F401
+        except Exception:  # process boundary: a failed preload leaves a cold worker
+            logger.warning("spotrain could not preload TensorFlow in this worker", exc_info=True)
+            return None
+        import_job_modules(os.environ.get(WARM_IMPORTS_ENV, ""))
     IMPORTED_AT = time.time()
     marker_dir = os.environ.get(MARKER_DIR_ENV)
     if marker_dir:
         with open(os.path.join(marker_dir, f"{os.getpid()}.json"), "w") as f:
-            json.dump({"pid": os.getpid(), "imported_at": IMPORTED_AT}, f)
+            json.dump({"pid": os.getpid(), "imported_at": IMPORTED_AT, "idle": idle}, f)
     return IMPORTED_AT
 
 

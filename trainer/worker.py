@@ -13,6 +13,7 @@ from typing import Any
 
 from trainer import env
 from trainer.cluster_context import WorkerContext
+from trainer.idle_import import unmark_training
 from trainer.job import TrainJob
 from trainer.notice_watcher import NoticeWatcher
 from trainer.portable_errors import portable
@@ -67,6 +68,7 @@ def _train_and_report(config: dict[str, Any]) -> None:
         finally:  # the restore closes it; an attempt that ended before its restore did not
             if worker.restore_prefetch is not None:
                 worker.restore_prefetch.close()
+            unmark_training()  # WarmSpares marked it: spares asked for now import at full speed
     worker.report(
         {
             "loss": float(result.history.get("loss", [float("nan")])[-1])

@@ -27,8 +27,8 @@ SLOW_START_JOB = "tests/emulation/slow-start-digits.yaml"
 EPOCHS = "3"
 #: The random schedule spans ~90 s of faults; the run must outlast it.
 RANDOM_EPOCHS = "12"
-#: Long enough that a kill 20 s into training lands (~35 s of training on 2 cores).
-WARM_EPOCHS = "30"
+#: Long enough that a kill 30 s into training lands (~55 s of training on 2 cores).
+WARM_EPOCHS = "45"
 
 
 def _env() -> dict[str, str]:
@@ -165,12 +165,13 @@ def test_a_worker_restarted_after_a_fault_was_warm(tmp_path):
     """Once training runs, each worker asks its raylet for a spare process in its runtime env;
     the preload (``trainer.warm``) imports TensorFlow there. The worker group restarted after
     the kill takes the spares: its chief imported TensorFlow before the fault, not after.
-    The kill comes 20 s into training: on a 2-core machine two spares import TensorFlow while
-    two workers train, and were seen still importing 12 s in. The run trains ~35 s, so the kill
-    lands (12 epochs now train in under 20 s and the run ended first); the other chaos tests
-    show the bitwise equality, so this one checks the record without a reference run."""
+    The kill comes 30 s into training: on a 2-core machine two spares import TensorFlow while
+    two workers train, at idle CPU priority for up to 15 s (``trainer.idle_import``), and were
+    seen still importing 12 s in at normal priority. The run trains ~55 s, so the kill lands
+    (12 epochs now train in under 20 s and the run ended first); the other chaos tests show the
+    bitwise equality, so this one checks the record without a reference run."""
     report, run_url = _emulate(
-        tmp_path, "--clock", "training", "--chaos", "kill-worker@20s", epochs=WARM_EPOCHS
+        tmp_path, "--clock", "training", "--chaos", "kill-worker@30s", epochs=WARM_EPOCHS
     )
     events = _check_record(report, run_url)
     fault = next(f for f in report["faults"] if f["kind"] == "kill-worker" and not f["skipped"])
