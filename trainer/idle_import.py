@@ -1,9 +1,10 @@
 """A warm spare imports at idle CPU priority while training runs on this host.
 
 A spare's preload (:mod:`trainer.warm`: TensorFlow, ~2.6 CPU-s) that runs beside training
-workers on the same cores slows their steps. Measured on 2 cores with two CPU workers: two
-spares importing at normal priority cut the workers' steps/s to 0.69-0.75x for the next 15 s;
-under ``SCHED_IDLE`` to 0.89-0.96x (no import: 1.0-1.2x, the noise).
+workers on the same cores slows their steps. Measured on 2 cores with two CPU workers
+(``python bench/spare_import.py``, medians of 3): two spares importing at normal priority cut
+the workers' steps/s over the next 15 s to 0.59x; under ``SCHED_IDLE`` to 1.00x (no import:
+1.07x, the noise). The idle imports took 20 s instead of 13 s.
 
 So the preload looks for a training worker stepping on this host (:func:`mark_training`: a
 marker file per worker process, written at its first step) and, when it finds one, imports
