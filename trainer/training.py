@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storage.checkpoints import CheckpointStore
-from trainer import env
+from trainer import device_iterators, env
 from trainer.callback import BackupAndRestore, BackupOptions
 from trainer.cluster_context import WorkerContext
 from trainer.data import DataContext, build_input, build_val_input, unmanaged_input
@@ -49,6 +49,8 @@ def make_strategy(job: TrainJob, worker: WorkerContext) -> tf.distribute.Strateg
     strategy for a single local worker."""
     if not worker.ray:
         return tf.distribute.get_strategy()
+    if not job.use_gpu:
+        device_iterators.install()  # else fit's end may wait for tf.data's autotuning thread
     impl = (
         tf.distribute.experimental.CommunicationImplementation.NCCL
         if job.use_gpu
