@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from storage.testing.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("none", "normal", "idle")
@@ -76,18 +77,8 @@ def worker(rank: int, ports: str, out: str, seconds: float, mark: bool) -> None:
     Path(out).write_text(json.dumps(ends))
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def one_round(variant: str, args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_ports(2)))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(tmp)}
     total = args.lead + args.window + 3
     mark = "1" if variant == "idle" else "0"

