@@ -6,7 +6,7 @@ empty). The options of spotrain's own pipelines (:func:`trainer.indexed_input.no
 autotuning off) never reach those datasets, so each device's iterator runs tf.data's autotuning
 thread. Deleting that iterator when ``fit`` returns waits for the thread's timed sleep, whose
 period doubles up to 60 s. It was seen as 10-37 s between an attempt's final commit and its end,
-in 4 of 10 emulated runs with two drains. ``py-spy dump --native`` of both ranks showed
+in 5 of 11 emulated runs with two drains (none in 3 runs with :func:`install`). ``py-spy dump --native`` of both ranks showed
 ``RootDataset::Iterator::~Iterator`` waiting in
 ``UnboundedThreadPool::LogicalThreadWrapper::~LogicalThreadWrapper`` under ``model.fit``'s return.
 

@@ -117,17 +117,19 @@ def idle_priority(deadline_s: float = DEFAULT_IDLE_DEADLINE_S) -> Iterator[bool]
     if not can_leave_idle():
         yield False
         return
-    helper = subprocess.Popen(
-        [sys.executable, "-m", __name__, str(os.getpid()), str(deadline_s)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    helper = None
     try:
+        helper = subprocess.Popen(
+            [sys.executable, "-m", __name__, str(os.getpid()), str(deadline_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except OSError as exc:
+    except OSError as exc:  # no deadline without the helper: stay at normal priority
         logger.debug("could not import at idle priority: %s", exc)
-        _stop(helper)
+        if helper is not None:
+            _stop(helper)
         yield False
         return
     try:

@@ -98,6 +98,19 @@ def test_without_the_right_to_go_back_the_block_runs_at_normal_priority(
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
+def test_a_helper_that_cannot_start_leaves_the_block_at_normal_priority(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise OSError("no process for the helper")
+
+    monkeypatch.setattr(idle_import, "can_leave_idle", lambda: True)
+    monkeypatch.setattr(idle_import.subprocess, "Popen", no_process)
+    with idle_import.idle_priority() as idle:
+        assert not idle
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 def _preload(tmp_path: Path) -> dict:
     markers = tmp_path / "warm-markers"
     markers.mkdir(exist_ok=True)
