@@ -37,6 +37,16 @@
    ``DatasetsCallback``, which starts a ``DatasetManager`` actor (a new Python process) at
    every worker-group start even when the trainer has no Ray Datasets. spotrain passes none:
    :func:`install_failure_policy` drops that callback for a trainer without datasets.
+8. ``fit()``'s default callbacks also hold Train's ``PlacementGroupCleanerCallback``: at the
+   controller's start it launches a detached ``PlacementGroupCleaner`` actor (one more Python
+   process) that asks the state API once a second whether the controller lives, to remove the
+   workers' placement group if it died ungracefully. An embedded Ray ends with its driver, so
+   there is nothing to clean: :func:`install_failure_policy` drops that callback for it.
+9. ``ray._private.node.Node.start_api_server``: a head node starts the dashboard's API server
+   even with ``include_dashboard=False`` (then with no module but usage stats, so no state or
+   job API), and ``ray.init`` waits for it to publish its URL (~1.2 s here, polling every
+   0.1 s) before it starts the raylet. :func:`without_api_server` makes it a no-op while an
+   embedded Ray starts: nothing of a run uses it.
 
 :func:`check_hooks` verifies all but the fourth at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
@@ -46,10 +56,12 @@ hook is in ``trainer/ray_internals.py``, which defines the shared error type).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -72,6 +84,7 @@ __all__ = [
     "install_failure_policy",
     "tensorflow_framework",
     "train_worker_runtime_env",
+    "without_api_server",
 ]
 
 
@@ -130,6 +143,22 @@ def _problems() -> list[str]:
         params = list(inspect.signature(drain).parameters)[1:5]
         if params != ["node_id", "reason", "reason_message", "deadline_timestamp_ms"]:
             problems.append(f"GcsClient.drain_node takes {params}")
+    try:
+        from ray.train.v2._internal.callbacks.placement_group_callback import (  # noqa: F401
+            PlacementGroupCleanerCallback,
+        )
+    except ImportError as exc:
+        problems.append(f"Train's PlacementGroupCleanerCallback is gone ({exc})")
+    from ray._private.node import Node
+
+    api_server = getattr(Node, "start_api_server", None)
+    if (
+        not callable(api_server)
+        or "include_dashboard" not in inspect.signature(api_server).parameters
+    ):
+        problems.append("ray._private.node.Node.start_api_server(include_dashboard=...) is gone")
+    elif "self.start_api_server(" not in inspect.getsource(Node.start_head_processes):
+        problems.append("Node.start_head_processes no longer starts the API server itself")
     reasons = getattr(autoscaler_pb2, "DrainNodeReason", None)
     if reasons is None or "DRAIN_NODE_REASON_PREEMPTION" not in list(reasons.keys()):
         problems.append("autoscaler_pb2.DrainNodeReason lacks DRAIN_NODE_REASON_PREEMPTION")
@@ -156,10 +185,13 @@ def tensorflow_framework() -> Any:
     return getattr(TrainingFramework, "TENSORFLOW", None)
 
 
-def install_failure_policy(trainer: Any, policy: Any, scaling_policy: Any = None) -> bool:
+def install_failure_policy(
+    trainer: Any, policy: Any, scaling_policy: Any = None, embedded: bool = False
+) -> bool:
     """Make ``trainer.fit()`` use ``policy`` instead of Ray Train's default failure policy (and
     ``scaling_policy``, when given, instead of its scaling policy); a trainer without Ray
-    Datasets gets no ``DatasetsCallback`` (item 7).
+    Datasets gets no ``DatasetsCallback`` (item 7), one on an ``embedded`` Ray no
+    ``PlacementGroupCleanerCallback`` (item 8).
 
     Returns False (with a warning) for an object without the controller hook. Raises
     :class:`RayInternalsChanged` when the installed Ray changed the hook, and at ``fit()``
@@ -193,6 +225,8 @@ def install_failure_policy(trainer: Any, policy: Any, scaling_policy: Any = None
             kwargs["scaling_policy"] = scaling_policy
         if "callbacks" in kwargs and not getattr(trainer, "datasets", None):
             kwargs["callbacks"] = _without_datasets_callback(kwargs["callbacks"])
+        if "callbacks" in kwargs and embedded:
+            kwargs["callbacks"] = _without_placement_group_cleaner(kwargs["callbacks"])
         return original(**kwargs)
 
     trainer._initialize_and_run_controller = run_with_policy
@@ -204,6 +238,32 @@ def _without_datasets_callback(callbacks: list[Any]) -> list[Any]:
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 
     return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+
+def _without_placement_group_cleaner(callbacks: list[Any]) -> list[Any]:
+    """The controller's callbacks less Train's PlacementGroupCleanerCallback (item 8)."""
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
+
+
+@contextlib.contextmanager
+def without_api_server() -> Iterator[None]:
+    """A head node started in this block starts no dashboard API server (item 9)."""
+    from ray._private.node import Node
+
+    original = Node.start_api_server
+
+    def skip(self: Any, *args: Any, **kwargs: Any) -> None:
+        logger.debug("embedded Ray: no dashboard API server")
+
+    Node.start_api_server = skip  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Node.start_api_server = original  # type: ignore[method-assign]
 
 
 #: What ``_initialize_and_run_controller`` adds to the controller's env vars (item 6).

@@ -184,7 +184,10 @@ class RayAttemptRunner:
         # an embedded Ray never autoscales: no resource requests to Ray Data's coordinator
         fixed = self.embedded and not spec.scaling.elastic
         install_failure_policy(
-            trainer, policy, NoAutoscalerScalingPolicy(scaling) if fixed else None
+            trainer,
+            policy,
+            NoAutoscalerScalingPolicy(scaling) if fixed else None,
+            embedded=self.embedded,
         )
         return trainer
 

@@ -14,7 +14,8 @@ Cold start (embedded Ray): right after ``ray.init`` the driver asks its raylet f
 workers' processes, in the runtime env Train will give them
 (:func:`cluster.ray.internals.train_worker_runtime_env`), so they import TensorFlow while Train's
 controller and its actors start, and the worker group takes them. Ray's own prestart of
-processes in the driver's job env, which no part of a run uses, is off.
+processes in the driver's job env, which no part of a run uses, is off, and so is the dashboard
+API server it would start and wait for before the raylet (:mod:`cluster.ray.internals` item 9).
 """
 
 from __future__ import annotations
@@ -94,22 +95,27 @@ def start_ray(ray: Any, ctx: AttemptContext) -> bool:
     path = [ctx.spec.working_dir, os.environ.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     num_gpus = int(scaling.max_workers * (scaling.gpus_per_worker or 1)) if scaling.use_gpu else 0
-    ray.init(
-        address="local",
-        num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
-        num_gpus=num_gpus,
-        include_dashboard=False,
-        log_to_driver=ctx.options.verbose,
-        logging_level=level,
-        runtime_env={"env_vars": env},
-        _system_config={
-            **RAY_SYSTEM_CONFIG,
-            "worker_maximum_startup_concurrency": max(MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1),
-            # the processes Ray prestarts for the driver's job run in its runtime env, which no
-            # part of a run uses; the training workers' own are prestarted below
-            "prestart_worker_first_driver": False,
-        },
-    )
+    from cluster.ray.internals import without_api_server
+
+    with without_api_server():  # ray.init waits for it before the raylet starts; nothing uses it
+        ray.init(
+            address="local",
+            num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            log_to_driver=ctx.options.verbose,
+            logging_level=level,
+            runtime_env={"env_vars": env},
+            _system_config={
+                **RAY_SYSTEM_CONFIG,
+                "worker_maximum_startup_concurrency": max(
+                    MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1
+                ),
+                # the processes Ray prestarts for the driver's job run in its runtime env,
+                # which no part of a run uses; the training workers' own are prestarted below
+                "prestart_worker_first_driver": False,
+            },
+        )
     prestart_training_workers(ray, ctx)
     return True
 

@@ -96,6 +96,60 @@ def test_a_trainer_without_datasets_starts_no_dataset_manager(
     assert not ray.is_initialized()
 
 
+def test_an_embedded_ray_starts_no_placement_group_cleaner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Train's PlacementGroupCleanerCallback (a detached actor polling the state API every
+    second) is dropped for an embedded Ray, which ends with its driver, and kept on a joined
+    cluster; the other default callbacks stay."""
+    from ray.train.v2._internal.callbacks import BackendSetupCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    seen: list[list[Any]] = []
+
+    class Result:
+        error = None
+
+    def start_controller(self: Any, **kwargs: Any) -> Result:
+        seen.append(kwargs["callbacks"])
+        return Result()
+
+    monkeypatch.setattr(dpt.DataParallelTrainer, "_initialize_and_run_controller", start_controller)
+    monkeypatch.setattr(dpt, "ObjectRefWrapper", lambda fn: fn)
+    for embedded in (True, False):
+        trainer = dpt.DataParallelTrainer(
+            lambda: None,
+            scaling_config=ray.train.ScalingConfig(num_workers=1),
+            run_config=ray.train.RunConfig(name="spotrain-hook-test"),
+        )
+        assert install_failure_policy(trainer, object(), embedded=embedded)
+        trainer.fit()
+    embedded_callbacks, joined = seen
+    assert not any(isinstance(c, PlacementGroupCleanerCallback) for c in embedded_callbacks)
+    assert any(isinstance(c, BackendSetupCallback) for c in embedded_callbacks)
+    assert sum(isinstance(c, PlacementGroupCleanerCallback) for c in joined) == 1
+    assert len(joined) == len(embedded_callbacks) + 1
+    assert not ray.is_initialized()
+
+
+def test_a_head_started_without_api_server_skips_it_and_the_hook_is_put_back() -> None:
+    """``without_api_server`` replaces the very method ``Node.start_head_processes`` calls (the
+    start itself is tested by every embedded run: ``tests/cluster/test_cold_start_prestart.py``
+    checks that no dashboard process runs)."""
+    from ray._private.node import Node
+
+    original = Node.start_api_server
+    with internals.without_api_server():
+        assert Node.start_api_server is not original
+        assert (
+            Node.start_api_server(object(), include_dashboard=False, raise_on_failure=True) is None
+        )
+    assert Node.start_api_server is original
+    assert "self.start_api_server(" in inspect.getsource(Node.start_head_processes)
+
+
 def test_the_predicted_worker_env_merges_as_rays_core_worker_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
