@@ -417,6 +417,18 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    """``keep`` (created, left in place), else a temporary directory removed at the end."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        print(f"  runs are kept in {keep}", file=sys.stderr)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="spotrain-bench-") as tmp:
+        yield Path(tmp)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per fault kind (median)")
@@ -447,6 +459,13 @@ def main() -> int:
         "--quick", action="store_true", help="smoke test: 1 repeat, short runs, one period (60s)"
     )
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="run in DIR (new or empty) and keep it: each run's report.json and run record "
+        "(events), to look into an outlier (default: a temporary directory, removed at the end)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.repeats, args.periods, args.epochs, args.fault_epochs = 1, "60", 12, 30
@@ -456,12 +475,13 @@ def main() -> int:
         parser.error(f"--repeats >= 1 and every period > the drain deadline ({DRAIN_DEADLINE_S}s)")
     if set(kinds) - set(FAULTS):
         parser.error(f"--faults: unknown {sorted(set(kinds) - set(FAULTS))}; known: {list(FAULTS)}")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep} is not empty: an earlier run there would be resumed")
     parts = args.only or list(PARTS)
     results: dict[str, Any] = {"faults": [], "goodput": [], "cold_start": None, "anchor": []}
     results["tf_import_s"] = tensorflow_import_s()
     results["errors"] = {}
-    with _stdout_to_stderr(), tempfile.TemporaryDirectory(prefix="spotrain-bench-") as tmp:
-        base = Path(tmp)
+    with _stdout_to_stderr(), _workdir(args.keep) as base:
         # in this order: the cold start first, on a machine no earlier run has loaded
         runs = (
             ("cold-start", lambda: cold_start_table(args.repeats, base / "cold")),
