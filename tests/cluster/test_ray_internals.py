@@ -59,15 +59,12 @@ def test_the_failure_policy_reaches_the_real_controller(monkeypatch: pytest.Monk
     assert not ray.is_initialized()
 
 
-def test_a_trainer_without_datasets_starts_no_dataset_manager(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Train's DatasetsCallback (a DatasetManager actor at each worker-group start) is dropped
-    for a trainer without Ray Datasets, and kept for one with them; the other default
-    callbacks stay."""
-    from ray.train.v2._internal.callbacks import BackendSetupCallback
-    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-
+def _controller_callbacks(
+    monkeypatch: pytest.MonkeyPatch, variants: list[tuple[dict[str, Any], bool]]
+) -> list[list[Any]]:
+    """The callbacks real ``DataParallelTrainer.fit()`` hands the controller, per (datasets,
+    embedded) variant, with spotrain's policy installed; only the controller's start is
+    replaced."""
     seen: list[list[Any]] = []
 
     class Result:
@@ -79,21 +76,35 @@ def test_a_trainer_without_datasets_starts_no_dataset_manager(
 
     monkeypatch.setattr(dpt.DataParallelTrainer, "_initialize_and_run_controller", start_controller)
     monkeypatch.setattr(dpt, "ObjectRefWrapper", lambda fn: fn)
-    for datasets in ({}, {"train": object()}):
+    for datasets, embedded in variants:
         trainer = dpt.DataParallelTrainer(
             lambda: None,
             scaling_config=ray.train.ScalingConfig(num_workers=1),
             run_config=ray.train.RunConfig(name="spotrain-hook-test"),
         )
         trainer.datasets = datasets  # a real Dataset needs a running Ray; the check is truthiness
-        assert install_failure_policy(trainer, object())
+        assert install_failure_policy(trainer, object(), embedded=embedded)
         trainer.fit()
-    without, with_datasets = seen
+    assert not ray.is_initialized()
+    return seen
+
+
+def test_a_trainer_without_datasets_starts_no_dataset_manager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Train's DatasetsCallback (a DatasetManager actor at each worker-group start) is dropped
+    for a trainer without Ray Datasets, and kept for one with them; the other default
+    callbacks stay."""
+    from ray.train.v2._internal.callbacks import BackendSetupCallback
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    without, with_datasets = _controller_callbacks(
+        monkeypatch, [({}, False), ({"train": object()}, False)]
+    )
     assert not any(isinstance(c, DatasetsCallback) for c in without)
     assert any(isinstance(c, BackendSetupCallback) for c in without)
     assert sum(isinstance(c, DatasetsCallback) for c in with_datasets) == 1
     assert len(with_datasets) == len(without) + 1
-    assert not ray.is_initialized()
 
 
 def test_an_embedded_ray_starts_no_placement_group_cleaner(
@@ -107,31 +118,11 @@ def test_an_embedded_ray_starts_no_placement_group_cleaner(
         PlacementGroupCleanerCallback,
     )
 
-    seen: list[list[Any]] = []
-
-    class Result:
-        error = None
-
-    def start_controller(self: Any, **kwargs: Any) -> Result:
-        seen.append(kwargs["callbacks"])
-        return Result()
-
-    monkeypatch.setattr(dpt.DataParallelTrainer, "_initialize_and_run_controller", start_controller)
-    monkeypatch.setattr(dpt, "ObjectRefWrapper", lambda fn: fn)
-    for embedded in (True, False):
-        trainer = dpt.DataParallelTrainer(
-            lambda: None,
-            scaling_config=ray.train.ScalingConfig(num_workers=1),
-            run_config=ray.train.RunConfig(name="spotrain-hook-test"),
-        )
-        assert install_failure_policy(trainer, object(), embedded=embedded)
-        trainer.fit()
-    embedded_callbacks, joined = seen
-    assert not any(isinstance(c, PlacementGroupCleanerCallback) for c in embedded_callbacks)
-    assert any(isinstance(c, BackendSetupCallback) for c in embedded_callbacks)
+    embedded, joined = _controller_callbacks(monkeypatch, [({}, True), ({}, False)])
+    assert not any(isinstance(c, PlacementGroupCleanerCallback) for c in embedded)
+    assert any(isinstance(c, BackendSetupCallback) for c in embedded)
     assert sum(isinstance(c, PlacementGroupCleanerCallback) for c in joined) == 1
-    assert len(joined) == len(embedded_callbacks) + 1
-    assert not ray.is_initialized()
+    assert len(joined) == len(embedded) + 1
 
 
 def test_a_head_started_without_api_server_skips_it_and_the_hook_is_put_back() -> None:
