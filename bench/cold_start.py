@@ -1,7 +1,8 @@
 """Cold start and the anchor's restarts, for bench/recovery.py.
 
 Cold start: launch -> first training step of a fresh ``spotrain run`` (embedded Ray) of
-bench/cold-start-job.yaml (its commit of step 1, read from the run record), with its phases
+bench/cold-start-job.yaml (the end of step 1, which its commit of step 1 records as
+``trained_at``; the commit itself is reported beside it), with its phases
 (launch -> lease taken, lease -> attempt start, attempt start
 -> first step (Ray, its Train controller, the workers)); beside it the anchor's launch -> ``fit``
 start and -> first step (bench/anchor_keras.py, Ray's own TensorflowTrainer), run alternately.
@@ -54,13 +55,17 @@ def spotrain_cold_start(workdir: Path) -> dict[str, Any]:
     pending = next(e for e in evs if e["kind"] == "state")  # written once the lease is held
     start = next(e for e in evs if e["kind"] == "attempt_start")
     first = next(e for e in evs if e["kind"] == "checkpoint_commit")
+    # the step's end (its save began), as the chief recorded it; the commit comes after the
+    # save's snapshot and the upload
+    trained = float(first["payload"].get("trained_at", first["time"]))
     attempt_end = _events_of(evs, "attempt_end")[-1]
     return {
         "attempts": len(_events_of(evs, "attempt_start")),
         "lease_s": pending["time"] - launched,
         "driver_s": start["time"] - pending["time"],
-        "ray_and_workers_s": first["time"] - start["time"],
-        "first_step_s": first["time"] - launched,
+        "ray_and_workers_s": trained - start["time"],
+        "first_step_s": trained - launched,
+        "first_commit_s": first["time"] - launched,
         "first_step": first["payload"].get("step"),
         "end_wait_s": attempt_end["time"] - _events_of(evs, "checkpoint_commit")[-1]["time"],
         "exit_s": ended - attempt_end["time"],

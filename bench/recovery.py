@@ -336,8 +336,8 @@ def print_cold_start(row: dict[str, Any], repeats: int) -> None:
     print(
         f"spotrain run: {row['first_step_s']:.1f}s (lease {row['lease_s']:.1f}s, lease -> "
         f"attempt start {row['driver_s']:.1f}s, Ray + Train controller + workers to the "
-        f"first step {row['ray_and_workers_s']:.1f}s; {row['attempts']:g} attempt(s)); target <= "
-        f"{COLD_START_TARGET_S:g}s"
+        f"first step {row['ray_and_workers_s']:.1f}s; {row['attempts']:g} attempt(s); its commit "
+        f"at {row['first_commit_s']:.1f}s); target <= {COLD_START_TARGET_S:g}s"
     )
     print(
         f"anchor (Ray TensorflowTrainer + tf-keras): fit start {row['anchor_fit_start_s']:.1f}s, "

@@ -151,11 +151,13 @@ class _CheckpointCommitRequired(TypedDict):
 class CheckpointCommitPayload(_CheckpointCommitRequired, AttemptNumber, total=False):
     """Plus, from a trainer's save: ``blocked_s`` (training stopped for the snapshot),
     ``commit_s`` (snapshot taken → manifest written: write, queue, upload), ``waited`` (saves
-    of this attempt so far that waited for the previous snapshot's write)."""
+    of this attempt so far that waited for the previous snapshot's write), ``trained_at`` (wall
+    time the step's training ended: the save began)."""
 
     blocked_s: float
     commit_s: float
     waited: int
+    trained_at: float
 
 
 class CheckpointCorruptPayload(TypedDict):

@@ -120,7 +120,7 @@ class Saver:
             return
         if self.is_chief:
             report: dict[str, Any] = {**self._attempt(), "started": snap.taken_at}
-            report["blocked_s"] = round(time.perf_counter() - t0, 6)
+            report.update(_timing(t0))
             report["waited"] = self.stats.waited
             if self.writer is not None:
                 self.writer.submit(snap, (state, report))
@@ -196,8 +196,7 @@ class Saver:
             self._blocked(t0)
             return
         snapshot.write_rows(local_dir, rows)
-        report: dict[str, Any] = {**self._attempt()}
-        report["blocked_s"] = round(time.perf_counter() - t0, 6)
+        report: dict[str, Any] = {**self._attempt(), **_timing(t0)}
         if self.committer is not None:
             report["started"] = time.monotonic()
             self.committer.submit(g, local_dir, state, on_done=self._after_commit, report=report)
@@ -208,3 +207,10 @@ class Saver:
                 shutil.rmtree(local_dir, ignore_errors=True)
             self._after_commit(manifest)
         self._blocked(t0)
+
+
+def _timing(t0: float) -> dict[str, float]:
+    """A save's ``blocked_s`` so far and ``trained_at``: the wall time its step's training
+    ended (the save's start, ``t0`` on the ``perf_counter`` clock)."""
+    blocked = time.perf_counter() - t0
+    return {"blocked_s": round(blocked, 6), "trained_at": round(time.time() - blocked, 3)}

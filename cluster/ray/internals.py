@@ -45,8 +45,11 @@
 9. ``ray._private.node.Node.start_api_server``: a head node starts the dashboard's API server
    even with ``include_dashboard=False`` (then with no module but usage stats, so no state or
    job API), and ``ray.init`` waits for it to publish its URL (~1.2 s here, polling every
-   0.1 s) before it starts the raylet. :func:`without_api_server` makes it a no-op while an
+   0.1 s) before it starts the raylet. :func:`embedded_head` makes it a no-op while an
    embedded Ray starts: nothing of a run uses it.
+10. ``Node.start_monitor``: a head node starts the autoscaler's monitor process (~0.4 CPU-s of
+    Python start-up beside the training workers' own, on a fixed-size Ray with nothing to
+    scale). :func:`embedded_head` skips it with item 9's API server.
 
 :func:`check_hooks` verifies all but the fourth at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
@@ -57,20 +60,24 @@ hook is in ``trainer/ray_internals.py``, which defines the shared error type).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import json
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
-from ray.train.v2._internal.execution.failure_handling import FailurePolicy as RayFailurePolicy
-from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
-from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
-from ray.train.v2._internal.execution.worker_group.worker_group import WorkerGroup
 
 from trainer.ray_internals import TESTED_RAY, RayInternalsChanged, changed
+
+if TYPE_CHECKING:
+    from ray.train.v2._internal.execution.failure_handling import (
+        FailurePolicy as RayFailurePolicy,
+    )
+    from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
+    from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +88,41 @@ __all__ = [
     "RayInternalsChanged",
     "check_hooks",
     "drain_node",
+    "embedded_head",
+    "import_train",
     "install_failure_policy",
     "tensorflow_framework",
     "train_worker_runtime_env",
-    "without_api_server",
 ]
+
+#: Ray Train's classes above, imported on first use (:func:`import_train`): ``ray.train``'s
+#: import (~0.5 s: Ray Data, pandas) need not come before an embedded Ray's start.
+_TRAIN_CLASSES = {
+    "RayFailurePolicy": ("ray.train.v2._internal.execution.failure_handling", "FailurePolicy"),
+    "FailureDecision": (
+        "ray.train.v2._internal.execution.failure_handling.failure_policy",
+        "FailureDecision",
+    ),
+    "FixedScalingPolicy": (
+        "ray.train.v2._internal.execution.scaling_policy.fixed",
+        "FixedScalingPolicy",
+    ),
+    "WorkerGroup": ("ray.train.v2._internal.execution.worker_group.worker_group", "WorkerGroup"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TRAIN_CLASSES:
+        module, attr = _TRAIN_CLASSES[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def import_train() -> None:
+    """Import what the hooks below use from Ray Train (e.g. on a thread while Ray starts)."""
+    for module, _ in _TRAIN_CLASSES.values():
+        importlib.import_module(module)
+    importlib.import_module("ray.train.v2._internal.constants")
 
 
 _checked = False
@@ -96,6 +133,9 @@ def _problems() -> list[str]:
     from ray.train.v2._internal.execution.controller.controller import TrainController
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    RayFailurePolicy, FailureDecision, FixedScalingPolicy, WorkerGroup = (
+        __getattr__(name) for name in _TRAIN_CLASSES
+    )
     problems = []
     if "make_decision" not in getattr(RayFailurePolicy, "__abstractmethods__", ()):
         problems.append("FailurePolicy.make_decision is no longer the abstract hook")
@@ -157,8 +197,10 @@ def _problems() -> list[str]:
         or "include_dashboard" not in inspect.signature(api_server).parameters
     ):
         problems.append("ray._private.node.Node.start_api_server(include_dashboard=...) is gone")
-    elif "self.start_api_server(" not in inspect.getsource(Node.start_head_processes):
-        problems.append("Node.start_head_processes no longer starts the API server itself")
+    head_src = inspect.getsource(Node.start_head_processes)
+    for name in _SKIPPED_HEAD_PROCESSES:
+        if not callable(getattr(Node, name, None)) or f"self.{name}(" not in head_src:
+            problems.append(f"Node.start_head_processes no longer calls Node.{name} itself")
     reasons = getattr(autoscaler_pb2, "DrainNodeReason", None)
     if reasons is None or "DRAIN_NODE_REASON_PREEMPTION" not in list(reasons.keys()):
         problems.append("autoscaler_pb2.DrainNodeReason lacks DRAIN_NODE_REASON_PREEMPTION")
@@ -249,21 +291,34 @@ def _without_placement_group_cleaner(callbacks: list[Any]) -> list[Any]:
     return [c for c in callbacks if not isinstance(c, PlacementGroupCleanerCallback)]
 
 
+#: What an embedded head does not start (items 9 and 10): ``Node`` methods, and why.
+_SKIPPED_HEAD_PROCESSES = {
+    "start_api_server": "no dashboard API server",
+    "start_monitor": "no autoscaler monitor",
+}
+
+
 @contextlib.contextmanager
-def without_api_server() -> Iterator[None]:
-    """A head node started in this block starts no dashboard API server (item 9)."""
+def embedded_head() -> Iterator[None]:
+    """A head node started in this block starts no dashboard API server (item 9) and no
+    autoscaler monitor (item 10)."""
     from ray._private.node import Node
 
-    original = Node.start_api_server
+    originals = {name: getattr(Node, name) for name in _SKIPPED_HEAD_PROCESSES}
 
-    def skip(self: Any, *args: Any, **kwargs: Any) -> None:
-        logger.debug("embedded Ray: no dashboard API server")
+    def skipping(why: str) -> Any:
+        def skip(self: Any, *args: Any, **kwargs: Any) -> None:
+            logger.debug("embedded Ray: %s", why)
 
-    Node.start_api_server = skip  # type: ignore[method-assign]
+        return skip
+
+    for name, why in _SKIPPED_HEAD_PROCESSES.items():
+        setattr(Node, name, skipping(why))
     try:
         yield
     finally:
-        Node.start_api_server = original  # type: ignore[method-assign]
+        for name, original in originals.items():
+            setattr(Node, name, original)
 
 
 #: What ``_initialize_and_run_controller`` adds to the controller's env vars (item 6).
@@ -285,8 +340,9 @@ def train_worker_runtime_env(job_runtime_env: dict[str, Any], worker_runtime_env
         RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE
     )
     controller = _inherit(dict(job_runtime_env), {"env_vars": controller_env})
+    worker_group = __getattr__("WorkerGroup")
     worker = _inherit(
-        controller, dict(WorkerGroup._get_worker_runtime_env(worker_runtime_env or {}))
+        controller, dict(worker_group._get_worker_runtime_env(worker_runtime_env or {}))
     )
     return json.dumps(worker, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 

@@ -14,14 +14,18 @@ Cold start (embedded Ray): right after ``ray.init`` the driver asks its raylet f
 workers' processes, in the runtime env Train will give them
 (:func:`cluster.ray.internals.train_worker_runtime_env`), so they import TensorFlow while Train's
 controller and its actors start, and the worker group takes them. Ray's own prestart of
-processes in the driver's job env, which no part of a run uses, is off, and so is the dashboard
-API server it would start and wait for before the raylet (:mod:`cluster.ray.internals` item 9).
+processes in the driver's job env, which no part of a run uses, is off, and so are the dashboard
+API server it would start and wait for before the raylet and the autoscaler monitor
+(:mod:`cluster.ray.internals` items 9 and 10). Ray Train's import runs on a thread while Ray
+starts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from cluster import constants
@@ -95,9 +99,12 @@ def start_ray(ray: Any, ctx: AttemptContext) -> bool:
     path = [ctx.spec.working_dir, os.environ.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
     num_gpus = int(scaling.max_workers * (scaling.gpus_per_worker or 1)) if scaling.use_gpu else 0
-    from cluster.ray.internals import without_api_server
+    from cluster.ray import internals
 
-    with without_api_server():  # ray.init waits for it before the raylet starts; nothing uses it
+    # Ray Train's import (~0.5 s) overlaps Ray's start, which mostly waits on its processes;
+    # the prestart below needs it (the workers' runtime env)
+    importer = BackgroundImport(internals.import_train)
+    with internals.embedded_head():  # no API server, no autoscaler monitor: nothing uses them
         ray.init(
             address="local",
             num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
@@ -116,8 +123,29 @@ def start_ray(ray: Any, ctx: AttemptContext) -> bool:
                 "prestart_worker_first_driver": False,
             },
         )
+    importer.join()
     prestart_training_workers(ray, ctx)
     return True
+
+
+class BackgroundImport:
+    """``load()`` on a daemon thread; :meth:`join` waits for it and re-raises its error."""
+
+    def __init__(self, load: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(load,), daemon=True)
+        self._thread.start()
+
+    def _run(self, load: Callable[[], None]) -> None:
+        try:
+            load()
+        except BaseException as exc:
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def prestart_training_workers(ray: Any, ctx: AttemptContext) -> None:

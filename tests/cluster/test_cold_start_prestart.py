@@ -77,11 +77,13 @@ def test_the_train_workers_take_the_processes_prestarted_at_ray_init(
     runner.ensure_ray(ctx)  # type: ignore[arg-type]
     try:
         assert runner.embedded
-        # no dashboard API server (cluster.ray.internals item 9): the run below works without
+        # no dashboard API server, no autoscaler monitor (cluster.ray.internals items 9, 10):
+        # the run below works without them
         from ray._private import ray_constants
         from ray._private.worker import global_worker
 
         assert ray_constants.PROCESS_TYPE_DASHBOARD not in global_worker.node.all_processes
+        assert ray_constants.PROCESS_TYPE_MONITOR not in global_worker.node.all_processes
         assert ray_constants.PROCESS_TYPE_RAYLET in global_worker.node.all_processes
         deadline = time.monotonic() + PRELOAD_TIMEOUT_S
         while len(_markers(markers)) < WORKERS:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,8 @@ from cluster.ray import internals
 from cluster.ray.hooks import NoAutoscalerScalingPolicy
 from cluster.ray.internals import RayInternalsChanged, check_hooks, install_failure_policy
 from trainer import ray_internals as trainer_internals
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_private_hook_is_there_on_the_installed_ray() -> None:
@@ -125,20 +130,36 @@ def test_an_embedded_ray_starts_no_placement_group_cleaner(
     assert len(joined) == len(embedded) + 1
 
 
-def test_a_head_started_without_api_server_skips_it_and_the_hook_is_put_back() -> None:
-    """``without_api_server`` replaces the very method ``Node.start_head_processes`` calls (the
+def test_an_embedded_head_skips_the_api_server_and_the_monitor_and_puts_them_back() -> None:
+    """``embedded_head`` replaces the very methods ``Node.start_head_processes`` calls (the
     start itself is tested by every embedded run: ``tests/cluster/test_cold_start_prestart.py``
-    checks that no dashboard process runs)."""
+    checks that neither process runs)."""
     from ray._private.node import Node
 
-    original = Node.start_api_server
-    with internals.without_api_server():
-        assert Node.start_api_server is not original
+    originals = {name: getattr(Node, name) for name in ("start_api_server", "start_monitor")}
+    with internals.embedded_head():
+        assert Node.start_api_server is not originals["start_api_server"]
+        assert Node.start_monitor is not originals["start_monitor"]
         assert (
             Node.start_api_server(object(), include_dashboard=False, raise_on_failure=True) is None
         )
-    assert Node.start_api_server is original
-    assert "self.start_api_server(" in inspect.getsource(Node.start_head_processes)
+        assert Node.start_monitor(object()) is None
+    for name, original in originals.items():
+        assert getattr(Node, name) is original
+        assert f"self.{name}(" in inspect.getsource(Node.start_head_processes)
+
+
+def test_ray_train_is_imported_only_when_its_classes_are_used() -> None:
+    """The module imports without Ray Train (an embedded Ray starts while it imports); its
+    classes resolve on first use, and a misspelt name is an AttributeError."""
+    code = (
+        "import sys; import cluster.ray.internals as i; "
+        "assert 'ray.train' not in sys.modules, 'imported ray.train'; "
+        "from ray.train.v2._internal.execution.failure_handling import FailurePolicy; "
+        "assert i.RayFailurePolicy is FailurePolicy; "
+        "assert not hasattr(i, 'NoSuchClass')"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 def test_the_predicted_worker_env_merges_as_rays_core_worker_does(

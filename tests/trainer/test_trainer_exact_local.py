@@ -134,3 +134,20 @@ def test_finished_run_does_not_train_again(tmp_path: Path) -> None:
     assert first.finished and first.global_step == 6
     again = run_local(job)
     assert again.finished and again.restored_step == 6 and again.global_step == 6
+
+
+def test_each_commit_records_when_its_step_ended(tmp_path: Path) -> None:
+    """``trained_at`` (what the cold-start bench times a first step by): the wall time the
+    saved step's training ended, before the save blocked and before the commit."""
+    import time
+
+    started = time.time()
+    job = job_dict(tmp_path, "trained-at")
+    assert run_local(job).finished
+    commits = events(job["run_url"], "checkpoint_commit")
+    assert len(commits) >= 3
+    ended = [c["payload"]["trained_at"] for c in commits]
+    assert ended == sorted(ended) and started < ended[0]
+    for commit in commits:
+        payload = commit["payload"]
+        assert payload["trained_at"] + payload["blocked_s"] <= commit["time"] + 0.01
