@@ -2,9 +2,9 @@
 
 Under Ray Train (V2) ``ray.train.get_context()`` gives rank and world size,
 ``ray.train.collective.broadcast_from_rank_zero`` shares small values and
-``ray.train.get_preemption_info()`` reports a coming preemption (rank 0's copy, a barrier;
-``local_preemption_notice`` reads this worker's own copy without one). Without Ray the process
-is a single worker (rank 0 of 1).
+``local_preemption_notice`` reads a coming preemption of this worker's node, without a barrier
+(the ranks agree on it at step boundaries). Without Ray the process is a single worker (rank 0
+of 1).
 """
 
 from __future__ import annotations
@@ -63,22 +63,15 @@ class WorkerContext:
 
         return broadcast_from_rank_zero(value)
 
-    def preemption_notice(self) -> Any:
-        """The Ray preemption info or None; a barrier across ranks under Ray."""
-        if not self.ray:
-            return None
-        import ray.train
-
-        return ray.train.get_preemption_info()
-
     def local_preemption_notice(self) -> Any:
         """This worker's own copy of Ray's preemption notice, or None; no barrier, so any
         thread may call it at any time (the ranks agree on it later, at a step boundary)."""
         if not self.ray:
             return None
-        from trainer.ray_internals import local_preemption_info
+        from trainer.ray_internals import local_preemption_info, own_node_drain
 
-        return local_preemption_info()
+        # Ray Train's watcher's copy (when a user turned it on), else this node's drain
+        return local_preemption_info() or own_node_drain()
 
     def report(self, metrics: dict[str, Any]) -> None:
         if not self.ray:

@@ -14,9 +14,10 @@ ranks agree through one collective (:func:`trainer.state.gather_rows`):
   every ``preemption_poll_steps`` steps (on their multiples), sooner when steps are long, so
   that a notice is acted on about ``poll_s`` seconds of the slowest rank's steps after it came.
 
-Sources are read without any barrier (Ray's ``get_preemption_info()`` is one): the local copy of
-Ray's notice (:meth:`trainer.cluster_context.WorkerContext.local_preemption_notice`) and the
-SIGTERM flag (:class:`trainer.preemption.PreemptionFlag`).
+Sources are read without any barrier (Ray's ``get_preemption_info()`` is one): a drain of this
+worker's node (:meth:`trainer.cluster_context.WorkerContext.local_preemption_notice`, one small
+GCS read; or Ray Train's own notice where a user turned its watcher on) and the SIGTERM flag
+(:class:`trainer.preemption.PreemptionFlag`).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class NoticeWatcher:
                 self._seen = None
 
     def check(self) -> Notice | None:
-        """The first notice seen so far, reading the sources now as well (cheap, local)."""
+        """The first notice seen so far, reading the sources now as well (the flag; one small
+        GCS read for the node's drain)."""
         self._observe()
         with self._lock:
             return self._seen

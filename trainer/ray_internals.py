@@ -28,6 +28,12 @@
    publishes its job id and runtime env string under its node id
    (:func:`publish_worker_env`), so the driver can ask raylets of nodes without a training
    worker (one that just joined) for spares in the same env (:func:`published_worker_envs`).
+5. ``ray._private.state.state.get_draining_nodes()`` (what Ray Train's own
+   ``PreemptionWatcher`` polls, from one more actor process per worker group): the nodes being
+   drained, ``{node_id_hex: deadline_ms}`` (0: no deadline), one GCS call. Each training worker
+   reads it for its own node (:func:`own_node_drain`) from its notice watcher's thread, so
+   spotrain turns Ray's watcher off (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``) and a worker
+   group starts one process fewer.
 
 :func:`check_hooks` verifies it at run time and raises :class:`RayInternalsChanged` if Ray
 changed (a worker that took itself for a single local worker would train alone, silently);
@@ -129,6 +135,17 @@ def _internal_kv() -> Any:
     return internal_kv
 
 
+def _draining_nodes() -> Callable[[], dict[str, int]]:
+    try:
+        from ray._private.state import state
+    except ImportError as exc:
+        raise changed([f"ray._private.state.state is gone ({exc})"]) from None
+    get = getattr(state, "get_draining_nodes", None)
+    if get is None or inspect.signature(get).parameters:
+        raise changed(["ray._private.state.state.get_draining_nodes() is gone or takes arguments"])
+    return get
+
+
 def check_hooks() -> None:
     """Raise :class:`RayInternalsChanged` if one of the trainer's private Ray hooks changed."""
     _get_train_fn_utils()
@@ -136,6 +153,19 @@ def check_hooks() -> None:
     _prestart_request_type()
     _grpc_channel()
     _internal_kv()
+    _draining_nodes()
+
+
+def own_node_drain() -> str | None:
+    """This process's node being drained (item 5): a text naming the node and its deadline,
+    the same for every read of one drain; None when it is not draining."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    deadline_ms = _draining_nodes()().get(node_id)
+    if deadline_ms is None:
+        return None
+    return f"node {node_id} is being drained (deadline_ms={deadline_ms or None})"
 
 
 #: The GCS key-value namespace of the training workers' published envs (item 4).

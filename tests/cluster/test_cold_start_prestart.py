@@ -104,6 +104,10 @@ def test_the_train_workers_take_the_processes_prestarted_at_ray_init(
         )
         trainer.fit()
         reported = [json.loads((out / f"{r}.json").read_text()) for r in range(WORKERS)]
+        # the driver's Ray Train settings reached the controller: no PreemptionWatcher actor
+        # (the workers read their node's drain themselves: trainer.ray_internals item 5)
+        started = {a["ActorClassName"] for a in ray._private.state.actors().values()}
+        assert "RayTrainWorker" in started and "PreemptionWatcher" not in started, started
     finally:
         runner.close()
     for info in reported:

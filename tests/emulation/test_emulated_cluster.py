@@ -13,6 +13,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -190,3 +191,34 @@ def test_kill_node_and_add_node_change_capacity(emulated):
     assert added in emulated.worker_node_ids()
     with pytest.raises(EmulationError, match="not a live worker node"):
         emulated.kill_node(removed)
+
+
+def test_a_process_reads_its_own_nodes_drain_without_rays_watcher(emulated):
+    """``own_node_drain`` (what a spotrain worker's notice watcher reads in place of Ray Train's
+    PreemptionWatcher): a process on the drained node sees its drain and deadline, one on
+    another node sees none, and every read of one drain gives the same text."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from trainer.ray_internals import own_node_drain
+
+    @ray.remote(num_cpus=0)
+    class Reader:
+        def read(self) -> str | None:
+            return own_node_drain()
+
+    def reader_on(node_id: str) -> Any:
+        strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
+        return Reader.options(scheduling_strategy=strategy).remote()
+
+    kept, target = emulated.worker_node_ids()
+    # started before the drain: a draining node takes no new work
+    on_kept, on_target = reader_on(kept), reader_on(target)
+    assert ray.get([on_kept.read.remote(), on_target.read.remote()]) == [None, None]
+    before = time.time()
+    emulated.drain_node(deadline_s=STARTUP_TIMEOUT_S, node_id=target)
+    seen = _wait_for(lambda: ray.get(on_target.read.remote()), what="the drain, read on its node")
+    assert target in seen
+    assert ray.get(on_target.read.remote()) == seen
+    assert ray.get(on_kept.read.remote()) is None
+    deadline_ms = int(seen.split("deadline_ms=")[1].rstrip(")"))
+    assert before < deadline_ms / 1000 <= time.time() + STARTUP_TIMEOUT_S
