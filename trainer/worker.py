@@ -64,27 +64,7 @@ def _train_and_report(config: dict[str, Any]) -> None:
             "[run=%s rank=%d/%d] starting attempt", job.name, worker.rank, worker.world_size
         )
         try:
-            import tensorflow as _tf
-
-            class _P(_tf.keras.callbacks.Callback):
-                def on_train_begin(self, logs=None):
-                    worker.phase_times["fit_begin"] = time.time()
-
-                def on_train_batch_begin(self, batch, logs=None):
-                    worker.phase_times.setdefault("b1_begin", time.time())
-
-                def on_train_batch_end(self, batch, logs=None):
-                    worker.phase_times.setdefault("b1_end", time.time())
-
-            result = train(job, worker, strategy, extra_callbacks=[_P(), WarmSpares(worker)])
-            print(
-                "PROBE",
-                {k: round(v, 3) for k, v in worker.phase_times.items()},
-                "now",
-                round(time.time(), 3),
-                file=sys.stderr,
-                flush=True,
-            )
+            result = train(job, worker, strategy, extra_callbacks=[WarmSpares(worker)])
         finally:  # the restore closes it; an attempt that ended before its restore did not
             if worker.restore_prefetch is not None:
                 worker.restore_prefetch.close()
