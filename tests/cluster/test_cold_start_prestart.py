@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from cluster.constants import RAY_TRAIN_ENV_DEFAULTS
 from cluster.ray.runner import RayAttemptRunner
 from cluster.ray.session import training_worker_runtime_env
 from trainer.warm import MARKER_DIR_ENV
@@ -65,6 +66,9 @@ def test_the_train_workers_take_the_processes_prestarted_at_ray_init(
     monkeypatch.setenv(MARKER_DIR_ENV, str(markers))  # the raylet, and so every worker, has it
     monkeypatch.setenv("SPOTRAIN_JOIN_LOCAL_RAY", "0")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for name in RAY_TRAIN_ENV_DEFAULTS:  # unset here, set by the runner, unset again after
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     spec = SimpleNamespace(
         scaling=SimpleNamespace(
             workers=WORKERS, max_workers=WORKERS, cpus_per_worker=1, use_gpu=False

@@ -160,7 +160,12 @@ def test_killed_worker_makes_ray_train_restart_the_group(emulated, fit_in_thread
     assert not fit.is_alive() and fit.errors == []
 
 
-def test_drained_node_reaches_every_rank_as_a_preemption_notice(emulated, fit_in_thread, tmp_path):
+def test_drained_node_reaches_every_rank_as_a_preemption_notice(
+    emulated, fit_in_thread, tmp_path, monkeypatch
+):
+    # Ray Train's own watcher, which spotrain's driver env turns off (a test that imported
+    # cluster.ray.session may have set that in this process)
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
     fit = fit_in_thread(max_failures=0)
     _wait_until_running(emulated, tmp_path)
     drained = emulated.drain_node(deadline_s=STARTUP_TIMEOUT_S)
