@@ -43,6 +43,7 @@ private Ray hooks are in ``cluster/ray/internals.py``, which shares this error t
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import json
@@ -135,6 +136,7 @@ def _internal_kv() -> Any:
     return internal_kv
 
 
+@functools.cache  # read 4 times a second per worker: look it up and check it once
 def _draining_nodes() -> Callable[[], dict[str, int]]:
     try:
         from ray._private.state import state

@@ -133,9 +133,10 @@ def _problems() -> list[str]:
     from ray.train.v2._internal.execution.controller.controller import TrainController
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    RayFailurePolicy, FailureDecision, FixedScalingPolicy, WorkerGroup = (
-        __getattr__(name) for name in _TRAIN_CLASSES
-    )
+    RayFailurePolicy = __getattr__("RayFailurePolicy")
+    FailureDecision = __getattr__("FailureDecision")
+    FixedScalingPolicy = __getattr__("FixedScalingPolicy")
+    WorkerGroup = __getattr__("WorkerGroup")
     problems = []
     if "make_decision" not in getattr(RayFailurePolicy, "__abstractmethods__", ()):
         problems.append("FailurePolicy.make_decision is no longer the abstract hook")

@@ -14,8 +14,9 @@ trainer in their processes (and in the warm spares started in that env, :mod:`tr
 Driver SIGTERM (embedded Ray only): the local node is drained with reason PREEMPTION and a
 deadline of ``sigterm_grace_s``, which every worker reads for its own node
 (``trainer.ray_internals.own_node_drain``); the trainer saves at its next poll, commits, and
-ends the attempt. The driver waits for that commit (or the deadline) and raises ``DriverPreempted``. On a
-joined cluster the driver does not drain shared nodes: it stops and the last commit stands.
+ends the attempt. The driver waits for that commit (or the deadline) and raises
+``DriverPreempted``. On a joined cluster the driver does not drain shared nodes: it stops and
+the last commit stands.
 
 Fencing: the coordinator's lease generation goes to every worker (``TrainJob.lease_generation``)
 and to the controller's hooks, so each of them writes under it. A lost lease is not a SIGTERM:

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cluster import constants
@@ -103,49 +102,30 @@ def start_ray(ray: Any, ctx: AttemptContext) -> bool:
 
     # Ray Train's import (~0.5 s) overlaps Ray's start, which mostly waits on its processes;
     # the prestart below needs it (the workers' runtime env)
-    importer = BackgroundImport(internals.import_train)
-    with internals.embedded_head():  # no API server, no autoscaler monitor: nothing uses them
-        ray.init(
-            address="local",
-            num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
-            num_gpus=num_gpus,
-            include_dashboard=False,
-            log_to_driver=ctx.options.verbose,
-            logging_level=level,
-            runtime_env={"env_vars": env},
-            _system_config={
-                **RAY_SYSTEM_CONFIG,
-                "worker_maximum_startup_concurrency": max(
-                    MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1
-                ),
-                # the processes Ray prestarts for the driver's job run in its runtime env,
-                # which no part of a run uses; the training workers' own are prestarted below
-                "prestart_worker_first_driver": False,
-            },
-        )
-    importer.join()
+    with ThreadPoolExecutor(1, thread_name_prefix="spotrain-import") as pool:
+        imported = pool.submit(internals.import_train)
+        with internals.embedded_head():  # no API server, no autoscaler monitor: nothing uses them
+            ray.init(
+                address="local",
+                num_cpus=max(1, round(scaling.max_workers * scaling.cpus_per_worker)),
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                log_to_driver=ctx.options.verbose,
+                logging_level=level,
+                runtime_env={"env_vars": env},
+                _system_config={
+                    **RAY_SYSTEM_CONFIG,
+                    "worker_maximum_startup_concurrency": max(
+                        MIN_STARTUP_CONCURRENCY, os.cpu_count() or 1
+                    ),
+                    # the processes Ray prestarts for the driver's job run in its runtime env,
+                    # which no part of a run uses; the training workers' own are prestarted below
+                    "prestart_worker_first_driver": False,
+                },
+            )
+        imported.result()  # its error, if any, is raised here
     prestart_training_workers(ray, ctx)
     return True
-
-
-class BackgroundImport:
-    """``load()`` on a daemon thread; :meth:`join` waits for it and re-raises its error."""
-
-    def __init__(self, load: Callable[[], None]) -> None:
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(load,), daemon=True)
-        self._thread.start()
-
-    def _run(self, load: Callable[[], None]) -> None:
-        try:
-            load()
-        except BaseException as exc:
-            self._error = exc
-
-    def join(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
 
 
 def prestart_training_workers(ray: Any, ctx: AttemptContext) -> None:
