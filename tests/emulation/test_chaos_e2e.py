@@ -27,8 +27,11 @@ SLOW_START_JOB = "tests/emulation/slow-start-digits.yaml"
 EPOCHS = "3"
 #: The random schedule spans ~90 s of faults; the run must outlast it.
 RANDOM_EPOCHS = "12"
-#: Long enough that a kill 30 s into training lands (~55 s of training on 2 cores).
-WARM_EPOCHS = "45"
+#: The digits job without early stopping, and enough epochs of it (~0.8 s each on 2 cores) that
+#: a kill 30 s into training lands. examples/digits.yaml's early stopping ended its run before
+#: that once Ray Train's PreemptionWatcher no longer polled beside the training.
+LONG_JOB = "tests/emulation/long-digits.yaml"
+WARM_EPOCHS = "80"
 
 
 def _env() -> dict[str, str]:
@@ -167,11 +170,17 @@ def test_a_worker_restarted_after_a_fault_was_warm(tmp_path):
     the kill takes the spares: its chief imported TensorFlow before the fault, not after.
     The kill comes 30 s into training: on a 2-core machine two spares import TensorFlow while
     two workers train, at idle CPU priority for up to 15 s (``trainer.idle_import``), and were
-    seen still importing 12 s in at normal priority. The run trains ~55 s, so the kill lands
-    (12 epochs now train in under 20 s and the run ended first); the other chaos tests show the
-    bitwise equality, so this one checks the record without a reference run."""
+    seen still importing 12 s in at normal priority. The run (``LONG_JOB``, no early stopping)
+    trains well past 30 s, so the kill lands; the other chaos tests show the bitwise equality,
+    so this one checks the record without a reference run."""
     report, run_url = _emulate(
-        tmp_path, "--clock", "training", "--chaos", "kill-worker@30s", epochs=WARM_EPOCHS
+        tmp_path,
+        "--clock",
+        "training",
+        "--chaos",
+        "kill-worker@30s",
+        epochs=WARM_EPOCHS,
+        job=LONG_JOB,
     )
     events = _check_record(report, run_url)
     fault = next(f for f in report["faults"] if f["kind"] == "kill-worker" and not f["skipped"])
