@@ -231,10 +231,18 @@ def test_kill_node_then_capacity_returns(tmp_path, reference):
     _check_run(report, run_url, reference)
 
 
-def test_kill_driver_is_resumed_by_the_next_invocation(tmp_path, reference):
-    report, run_url = _emulate(tmp_path, "--chaos", "kill-driver@5s")
-    _check_run(report, run_url, reference)
+def test_kill_driver_is_resumed_by_the_next_invocation(tmp_path, references):
+    """The kill comes 1 s after the first commit (``--clock training``), so the next driver
+    resumes mid-run. A kill 5 s after the workers' processes existed once landed after the
+    3-epoch run had already finished: the second driver only recorded the success."""
+    report, run_url = _emulate(
+        tmp_path, "--clock", "training", "--chaos", "kill-driver@1s", epochs=RANDOM_EPOCHS
+    )
+    events = _check_run(report, run_url, references(RANDOM_EPOCHS))
     assert report["driver_starts"] >= 2
+    starts = [e["payload"] for e in events if e["kind"] == "attempt_start"]
+    resumed = [p for p in starts if p["source"] == "driver"][-1]
+    assert (resumed["from_step"] or 0) > 0, "the second driver did not resume from a commit"
 
 
 def test_seeded_random_schedule_of_mixed_faults(tmp_path, references):
