@@ -50,6 +50,10 @@
 10. ``Node.start_monitor``: a head node starts the autoscaler's monitor process (~0.4 CPU-s of
     Python start-up beside the training workers' own, on a fixed-size Ray with nothing to
     scale). :func:`embedded_head` skips it with item 9's API server.
+11. ``ray._private.state.actors(actor_state_name="ALIVE")``: the GCS actor table with each
+    actor's ``ActorClassName``; :func:`live_train_workers` counts Train's workers
+    (``WorkerGroup._worker_cls``) in it. A driver SIGTERM'd before its workers live has
+    nothing to wait for: its drained node takes no new workers.
 
 :func:`check_hooks` verifies all but the fourth at run time and raises :class:`RayInternalsChanged`
 naming what changed; ``tests/cluster/test_ray_internals.py`` pins them against the installed
@@ -91,6 +95,7 @@ __all__ = [
     "embedded_head",
     "import_train",
     "install_failure_policy",
+    "live_train_workers",
     "tensorflow_framework",
     "train_worker_runtime_env",
 ]
@@ -202,6 +207,11 @@ def _problems() -> list[str]:
     for name in _SKIPPED_HEAD_PROCESSES:
         if not callable(getattr(Node, name, None)) or f"self.{name}(" not in head_src:
             problems.append(f"Node.start_head_processes no longer calls Node.{name} itself")
+    actors = getattr(getattr(ray._private, "state", None), "actors", None)
+    if not callable(actors) or "actor_state_name" not in inspect.signature(actors).parameters:
+        problems.append("ray._private.state.actors(actor_state_name=...) is gone")
+    if not isinstance(getattr(WorkerGroup, "_worker_cls", None), type):
+        problems.append("WorkerGroup._worker_cls (Train's worker actor class) is gone")
     reasons = getattr(autoscaler_pb2, "DrainNodeReason", None)
     if reasons is None or "DRAIN_NODE_REASON_PREEMPTION" not in list(reasons.keys()):
         problems.append("autoscaler_pb2.DrainNodeReason lacks DRAIN_NODE_REASON_PREEMPTION")
@@ -374,3 +384,13 @@ def drain_node(gcs_address: str, node_id: str, deadline_s: float, message: str) 
         int((time.time() + deadline_s) * 1000),
     )
     return bool(accepted), str(why)
+
+
+def live_train_workers() -> int:
+    """How many Ray Train workers are alive in the connected Ray (one GCS call)."""
+    import ray._private.state
+
+    check_hooks()
+    name = __getattr__("WorkerGroup")._worker_cls.__name__
+    alive = ray._private.state.actors(actor_state_name="ALIVE").values()
+    return sum(actor.get("ActorClassName") == name for actor in alive)

@@ -15,7 +15,8 @@ Driver SIGTERM (embedded Ray only): the local node is drained with reason PREEMP
 deadline of ``sigterm_grace_s``, which every worker reads for its own node
 (``trainer.ray_internals.own_node_drain``); the trainer saves at its next poll, commits, and
 ends the attempt. The driver waits for that commit (or the deadline) and raises
-``DriverPreempted``. On a joined cluster the driver does not drain shared nodes: it stops and
+``DriverPreempted``; when no training worker lives (a SIGTERM before the group was placed: a
+drained node takes no new workers), there is nothing to wait for and it raises at once. On a joined cluster the driver does not drain shared nodes: it stops and
 the last commit stands.
 
 Fencing: the coordinator's lease generation goes to every worker (``TrainJob.lease_generation``)
@@ -65,16 +66,33 @@ class RayAttemptRunner:
         if ray.is_initialized():
             return
         # ray.init installs a C-level SIGTERM handler that aborts the driver (seen: exit -6,
-        # "*** SIGTERM received ***"); put the Python handlers back afterwards.
+        # "*** SIGTERM received ***"), and before it a Python one that exits with code 15; put
+        # the Python handlers back afterwards.
         saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.embedded = start_ray(ray, ctx)
+        except SystemExit as exc:
+            if exc.code != signal.SIGTERM:
+                raise
+            raise self._stopped_while_ray_started(ray, ctx) from None
         finally:
             if threading.current_thread() is threading.main_thread():
                 for sig, handler in saved.items():
                     if handler is not None:
                         signal.signal(sig, handler)
         self._started_ray = True
+
+    @staticmethod
+    def _stopped_while_ray_started(ray: Any, ctx: AttemptContext) -> DriverPreempted:
+        """A SIGTERM during ``ray.init`` ran Ray's handler (``sys.exit(15)``), not spotrain's:
+        nothing ran yet, so the driver stops as on any SIGTERM, with nothing to save."""
+        ctx.stop.set()
+        logger.warning("SIGTERM while Ray started: nothing to save; stopping")
+        try:
+            ray.shutdown()  # what the interrupted ray.init had started
+        except Exception:  # process boundary: an embedded Ray ends with this process anyway
+            logger.debug("ray.shutdown after an interrupted ray.init failed", exc_info=True)
+        return DriverPreempted("the driver was asked to stop (SIGTERM) while Ray started")
 
     def start_node_spares(self) -> None:
         """Warm spares on nodes without a training worker (:mod:`cluster.ray.node_spares`),
@@ -293,15 +311,41 @@ class RayAttemptRunner:
                     "emergency checkpoint committed at step %s", saved[-1].payload.get("step")
                 )
                 return asked + grace
+            if not self._workers_alive():
+                logger.warning(
+                    "SIGTERM before the workers started: nothing to save; the latest commit "
+                    "(step %s) stands",
+                    before,
+                )
+                return time.time()
             time.sleep(self.poll_s)
         steps = store.committed_steps()
         latest = steps[-1] if steps else None
-        logger.warning(
-            "no emergency checkpoint within %.0fs; the latest commit (step %s) stands",
-            grace,
-            latest,
-        )
+        if thread.is_alive():
+            logger.warning(
+                "no emergency checkpoint within %.0fs; the latest commit (step %s) stands",
+                grace,
+                latest,
+            )
+        else:
+            logger.warning(
+                "the attempt ended without an emergency checkpoint; the latest commit (step %s) "
+                "stands",
+                latest,
+            )
         return asked + grace
+
+    @staticmethod
+    def _workers_alive() -> bool:
+        """Whether a training worker lives (one that lives sees the drain and saves, or ends
+        with nothing to save); True when Ray cannot tell, so the grace applies."""
+        from cluster.ray.internals import live_train_workers
+
+        try:
+            return live_train_workers() > 0
+        except Exception:  # process boundary: wait out the grace as before
+            logger.debug("could not list Ray's actors", exc_info=True)
+            return True
 
     @staticmethod
     def _drain_local_node(deadline_s: float) -> None:

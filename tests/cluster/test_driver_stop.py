@@ -8,6 +8,10 @@ running, leaves Ray up and tells the caller to end the process with ``os._exit``
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -72,3 +76,53 @@ def test_a_trainer_still_running_at_the_deadline_leaves_ray_to_the_process_exit(
         assert runner.close() is True, "fit() still runs: Ray must not be shut down under it"
     finally:
         trainer.release.set()
+
+
+def test_a_sigterm_while_ray_starts_stops_the_driver_as_a_preemption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ray.init`` puts in its own Python SIGTERM handler (``sys.exit(15)``, pinned below)
+    while it runs: a SIGTERM then ended the driver with exit 15, no log, and the run left
+    RUNNING. It is now a stop with nothing to save (exit 75), with spotrain's handler back."""
+
+    def start_ray_as_ray_init_does(ray: Any, ctx: AttemptContext) -> bool:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("the SIGTERM did not interrupt ray.init")
+
+    def spotrains_handler(signum: int, frame: Any) -> None:
+        raise AssertionError("spotrain's handler is not what Ray's handler interrupted")
+
+    monkeypatch.setattr("cluster.ray.runner.set_driver_env", lambda: None)
+    monkeypatch.setattr("cluster.ray.runner.start_ray", start_ray_as_ray_init_does)
+    shutdowns: list[bool] = []
+    monkeypatch.setattr("ray.shutdown", lambda: shutdowns.append(True))
+    runner, ctx = runner_without_ray(monkeypatch, make_spec(tmp_path), None, lambda c, t: 0.0)
+    previous = signal.signal(signal.SIGTERM, spotrains_handler)
+    try:
+        with pytest.raises(DriverPreempted, match="while Ray started"):
+            RayAttemptRunner.ensure_ray(runner, ctx)
+        assert signal.getsignal(signal.SIGTERM) is spotrains_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert ctx.stop.is_set() and shutdowns == [True]
+
+
+def test_ray_init_installs_a_sigterm_handler_that_exits_15() -> None:
+    """Pins the Ray behaviour the test above stands for, on the installed Ray."""
+    code = (
+        "import signal, ray\n"
+        "ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)\n"
+        "handler = signal.getsignal(signal.SIGTERM)\n"
+        "ray.shutdown()\n"
+        "try:\n"
+        "    handler(signal.SIGTERM, None)\n"
+        "except SystemExit as exc:\n"
+        "    print('exit', exc.code)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split()[-2:] == ["exit", "15"], out.stdout

@@ -393,3 +393,36 @@ def test_sigterm_saves_at_once_exits_75_and_resumes_without_lost_steps(
     st = status(project, storage + "/digits-mlp")
     assert st["state"] == "SUCCEEDED" and st["preemptions"] == 1 and st["lost_steps"] == 0
     assert st["global_step"] == 230
+
+
+@pytest.mark.parametrize("after_lease_s", [0.0, 1.0, 2.0, 3.0])
+def test_sigterm_before_the_workers_start_exits_at_once_with_nothing_to_save(
+    project: Path, tmp_path: Path, after_lease_s: float
+) -> None:
+    """A SIGTERM while Ray starts (in ``ray.init``, or before the workers live: the drained
+    node takes no new workers) can bring no emergency save: the driver exits 75 at once instead
+    of waiting out the grace, and the run is PREEMPTED with nothing committed."""
+    storage = f"file://{tmp_path}/runs"
+    run_dir = tmp_path / "runs" / "digits-mlp"
+    grace_s = 60.0
+    args = ["run", "examples/digits.yaml", "--workers", "2", "--storage", storage]
+    env = {**env_for(project), "SPOTRAIN_SIGTERM_GRACE_S": str(grace_s)}
+    cmd = [str(BIN / "spotrain"), *args]
+    out = subprocess.PIPE
+    with popen_session(
+        cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+    ) as driver:
+        deadline = time.time() + RUN_TIMEOUT_S
+        while not (run_dir / "lease.json").exists():  # the driver holds the lease: Ray starts
+            assert driver.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(after_lease_s)
+        sent = time.monotonic()
+        driver.send_signal(signal.SIGTERM)
+        output, _ = driver.communicate(timeout=120)
+        took_s = time.monotonic() - sent
+    assert driver.returncode == 75, output[-4000:]
+    assert "PREEMPTED" in output and "run again to resume" in output
+    assert took_s < grace_s / 3, f"took {took_s:.1f}s: the driver waited for a save"
+    assert _committed_steps(run_dir) == []
+    assert status(project, storage + "/digits-mlp")["state"] == "PREEMPTED"

@@ -192,15 +192,19 @@ def test_a_worker_restarted_after_a_fault_was_warm(tmp_path):
 
 
 def test_drain_node_is_a_noticed_preemption_that_loses_no_step(tmp_path, references):
-    # The fault clock starts when the worker processes exist; their start-up (imports, strategy,
-    # build) then takes 10-30 s on 2 busy cores, and a 3-epoch run trains for ~4 s. A notice is
-    # acted on at a step boundary, so it is noticed only if training runs between the drain and
-    # its deadline: the 12-epoch run (~16 s of training) drained at 10 s with a 20 s deadline is
-    # noticed for any start-up under ~28 s (at 4 s with an 8 s deadline on the 3-epoch run it
-    # needed a start-up under 12 s, and a slower one lost the node unnoticed). A notice during
-    # the start-up itself is acted on only once training starts.
+    # The fault clock starts at the first commit (--clock training): the drain comes 2 s into
+    # the 12-epoch run's ~10 s of training, whatever the start-up took. Timed from the workers'
+    # processes' start instead, the drain landed in start-up on a slow machine (acted on only
+    # once training started) or, once start-up and training got faster, after the run's end.
+    # The drained node is released once its notice's checkpoint is committed; the node added
+    # 6 s later gives the run its second worker back.
     report, run_url = _emulate(
-        tmp_path, "--chaos", "drain-node@10s:deadline=20,add-node@31s", epochs=RANDOM_EPOCHS
+        tmp_path,
+        "--clock",
+        "training",
+        "--chaos",
+        "drain-node@2s:deadline=20,add-node@8s",
+        epochs=RANDOM_EPOCHS,
     )
     events = _check_run(report, run_url, references(RANDOM_EPOCHS))
     _noticed_preemptions_lost_nothing(events)
