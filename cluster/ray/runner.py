@@ -16,8 +16,8 @@ deadline of ``sigterm_grace_s``, which every worker reads for its own node
 (``trainer.ray_internals.own_node_drain``); the trainer saves at its next poll, commits, and
 ends the attempt. The driver waits for that commit (or the deadline) and raises
 ``DriverPreempted``; when no training worker lives (a SIGTERM before the group was placed: a
-drained node takes no new workers), there is nothing to wait for and it raises at once. On a joined cluster the driver does not drain shared nodes: it stops and
-the last commit stands.
+drained node takes no new workers), there is nothing to wait for and it raises at once. On a
+joined cluster the driver does not drain shared nodes: it stops and the last commit stands.
 
 Fencing: the coordinator's lease generation goes to every worker (``TrainJob.lease_generation``)
 and to the controller's hooks, so each of them writes under it. A lost lease is not a SIGTERM:

@@ -204,17 +204,26 @@ def _committed_steps(run_dir: Path) -> list[int]:
 
 
 def start_driver(
-    project: Path, args: list[str]
+    project: Path, args: list[str], **env: str
 ) -> contextlib.AbstractContextManager[subprocess.Popen]:
-    """``spotrain ARGS`` in its own session (killed with it at exit), output captured."""
+    """``spotrain ARGS`` in its own session (killed with it at exit), output captured; ``env``
+    is added to the project's environment."""
     return popen_session(
         [str(BIN / "spotrain"), *args],
         cwd=project,
-        env=env_for(project),
+        env={**env_for(project), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def wait_for_lease(driver: subprocess.Popen, run_dir: Path) -> None:
+    """Poll until the driver holds the run's lease (it then starts Ray)."""
+    deadline = time.time() + RUN_TIMEOUT_S
+    while not (run_dir / "lease.json").exists():
+        assert driver.poll() is None and time.time() < deadline
+        time.sleep(0.05)
 
 
 def wait_for_commit(driver: subprocess.Popen, run_dir: Path, at_least: int) -> None:
@@ -229,10 +238,7 @@ def wait_for_commit(driver: subprocess.Popen, run_dir: Path, at_least: int) -> N
 def _sigkill_driver_mid_training(project: Path, args: list[str], run_dir: Path) -> None:
     """Start ``spotrain run``, check a second one is held off, kill the pod at the first commit."""
     with start_driver(project, args) as driver:
-        deadline = time.time() + RUN_TIMEOUT_S
-        while not (run_dir / "lease.json").exists():  # the driver holds the lease: Ray starts
-            assert driver.poll() is None and time.time() < deadline
-            time.sleep(0.2)
+        wait_for_lease(driver, run_dir)
         held = spotrain(project, *args, timeout=60)
         assert held.returncode == 5, held.stderr
         assert "held by another coordinator" in held.stderr and "until" in held.stderr
@@ -406,16 +412,8 @@ def test_sigterm_before_the_workers_start_exits_at_once_with_nothing_to_save(
     run_dir = tmp_path / "runs" / "digits-mlp"
     grace_s = 60.0
     args = ["run", "examples/digits.yaml", "--workers", "2", "--storage", storage]
-    env = {**env_for(project), "SPOTRAIN_SIGTERM_GRACE_S": str(grace_s)}
-    cmd = [str(BIN / "spotrain"), *args]
-    out = subprocess.PIPE
-    with popen_session(
-        cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
-    ) as driver:
-        deadline = time.time() + RUN_TIMEOUT_S
-        while not (run_dir / "lease.json").exists():  # the driver holds the lease: Ray starts
-            assert driver.poll() is None and time.time() < deadline
-            time.sleep(0.05)
+    with start_driver(project, args, SPOTRAIN_SIGTERM_GRACE_S=str(grace_s)) as driver:
+        wait_for_lease(driver, run_dir)
         time.sleep(after_lease_s)
         sent = time.monotonic()
         driver.send_signal(signal.SIGTERM)
